@@ -1,0 +1,55 @@
+"""The small interface every runtime backend implements (Polygraphy-style runners)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import numpy as np
+
+
+class Backend(abc.ABC):
+    """Runs one ONNX graph (or the engine built from it) on one device.
+
+    A backend is created ready to run; ``close()`` releases it and is
+    idempotent. Tensors are addressed by name.
+    """
+
+    name: str = "backend"
+
+    @property
+    @abc.abstractmethod
+    def input_names(self) -> Sequence[str]:
+        """Names of the graph's inputs."""
+
+    @property
+    @abc.abstractmethod
+    def output_names(self) -> Sequence[str]:
+        """Names of the graph's outputs."""
+
+    @abc.abstractmethod
+    def infer(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Runs the graph on host arrays and returns the requested outputs (all by default)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases the backend's resources; calling it again does nothing."""
+
+    @property
+    def description(self) -> str:
+        """A short human-readable description (device, provider)."""
+        return self.name
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

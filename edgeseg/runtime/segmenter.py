@@ -1,0 +1,179 @@
+"""``Segmenter``: a bundle, loaded and ready to segment frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from edgeseg.bundle import Bundle, Manifest
+from edgeseg.errors import BundleError, ConfigError
+from edgeseg.runtime.backends import Backend, create_backend, resolve_backend
+from edgeseg.runtime.image import (
+    NearestResizer,
+    check_frame,
+    resize_image,
+    round_to_multiple,
+    to_channels,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    """What one frame gives.
+
+    Attributes:
+        mask: (H, W) uint8 class ids at the frame's own size.
+        probs: (num_classes, h, w) float32 softmax at the model's input size,
+            when the bundle was built with the ``probs`` output and it was asked for.
+        logits: (num_classes, h, w) float32 at the model's input size, likewise.
+        timings: milliseconds per stage: ``preprocess``, ``infer``, ``postprocess``, ``total``.
+    """
+
+    mask: np.ndarray
+    probs: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter:
+    """Runs a bundle on frames.
+
+    Args:
+        path: the ``NAME.edgeseg`` bundle directory.
+        backend: ``"auto"`` (the best available) or a backend name.
+        precision: which of the bundle's graphs to run (default: the one it was built for).
+        outputs: extra outputs to return besides ``mask``: any of ``probs``,
+            ``logits`` that the bundle has. Default: none (masks only, least copying).
+        verify: check the bundle's checksums on load.
+        **backend_options: passed to the backend (e.g. ``threads=2``).
+
+    Example:
+        >>> seg = Segmenter("road.edgeseg")              # doctest: +SKIP
+        >>> result = seg(frame)                          # doctest: +SKIP
+        >>> result.mask.shape == frame.shape[:2]         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        backend: str = "auto",
+        precision: str | None = None,
+        outputs: tuple[str, ...] | list[str] = (),
+        verify: bool = True,
+        **backend_options: Any,
+    ) -> None:
+        self.bundle = Bundle.load(path, verify=verify)
+        manifest = self.bundle.manifest
+        self.precision = precision or manifest.precision
+        graph = self.bundle.graph(self.precision)
+        extra = [o for o in outputs if o != "mask"]
+        missing = [o for o in extra if o not in manifest.outputs]
+        if missing:
+            raise ConfigError(
+                f"bundle {self.bundle.path} has no output {', '.join(missing)}; it has "
+                f"{', '.join(manifest.outputs)} (build with outputs=... to add them)"
+            )
+        self._outputs = ["mask", *extra]
+        self.backend_name = resolve_backend(backend)
+        self._backend: Backend | None = create_backend(self.backend_name, graph, **backend_options)
+        if "image" not in self._backend.input_names:
+            self.close()
+            raise BundleError(f"{graph} has no input named 'image' (inputs: {self._backend.input_names})")
+        self._resize_mask = NearestResizer()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.manifest.classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(num_classes, 3) uint8 RGB colours, one per class."""
+        return np.asarray(self.manifest.palette, dtype=np.uint8)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.manifest.input.size
+
+    def model_size_for(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """The size a frame of ``frame_size`` is resized to before inference."""
+        spec = self.manifest.input
+        if spec.dynamic:
+            return round_to_multiple(frame_size, max(1, spec.multiple_of))
+        return spec.size
+
+    def preprocess(self, frame: np.ndarray, *, bgr: bool = False) -> np.ndarray:
+        """Checks a frame and returns the graph's (1, h, w, C) uint8 input."""
+        checked = check_frame(frame)
+        image = to_channels(checked, self.manifest.input.channels, bgr=bgr)
+        image = resize_image(image, self.model_size_for(checked.shape[:2]))
+        return np.ascontiguousarray(image)[None]
+
+    def __call__(self, frame: np.ndarray, *, bgr: bool = False) -> SegmentationResult:
+        """Segments one frame.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB; (H, W) or (H, W, 1) grayscale and
+                (H, W, 4) RGBA are converted; any size (it is resized).
+            bgr: the frame is BGR (as OpenCV delivers).
+
+        Raises:
+            InputError: the frame's type, dtype, rank or size is unusable.
+        """
+        backend = self._require_open()
+        t0 = time.perf_counter()
+        image = self.preprocess(frame, bgr=bgr)
+        t1 = time.perf_counter()
+        values = backend.infer({"image": image}, self._outputs)
+        t2 = time.perf_counter()
+        mask = self._resize_mask(values["mask"][0], frame.shape[:2])
+        t3 = time.perf_counter()
+        probs = values["probs"][0] if "probs" in values else None
+        logits = values["logits"][0] if "logits" in values else None
+        timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "infer": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
+        return SegmentationResult(mask=mask, probs=probs, logits=logits, timings=timings)
+
+    def _require_open(self) -> Backend:
+        if self._backend is None:
+            raise ConfigError(f"Segmenter for {self.bundle.path} is closed")
+        return self._backend
+
+    def close(self) -> None:
+        """Releases the backend. Idempotent."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter({str(self.bundle.path)!r}, model={self.manifest.model.get('name')!r}, "
+            f"precision={self.precision!r}, backend={self.backend_name!r})"
+        )
