@@ -1,0 +1,431 @@
+"""``build``: a zoo model or any ``nn.Module`` -> a verified bundle.
+
+Steps: resolve the model (and its weights), export to ONNX with fused pre- and
+post-processing, simplify and check, measure parity against PyTorch in ONNX
+Runtime, keep the requested outputs, write the bundle atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import edgeseg
+from converters.export import (
+    DEFAULT_OPSET,
+    GRAPH_OUTPUTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeployWrapper,
+    ExportSpec,
+    onnx_from_module,
+    probe_module,
+)
+from converters.passes import select_outputs
+from converters.samples import load_samples, synthetic_images
+from edgeseg.bundle import (
+    Bundle,
+    InputSpec,
+    Manifest,
+    bundle_path,
+    class_names,
+    default_palette,
+    sha256_file,
+    write_bundle,
+)
+from edgeseg.errors import BundleExistsError, ConfigError, ParityError
+from edgeseg.metrics import agreement
+from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NUM_CLASSES = 21  # Pascal VOC, torchvision's default for its segmentation models
+DEFAULT_MIN_AGREEMENT = 0.999
+DEFAULT_NUM_SAMPLES = 8
+GRAY_MEAN = (0.449,)  # ImageNet's channel means and stds, averaged
+GRAY_STD = (0.226,)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A module ready for export, and what the manifest says about it."""
+
+    module: nn.Module
+    info: dict[str, Any]
+    input_size: tuple[int, int]
+    in_channels: int
+    multiple_of: int
+    classes: list[str]
+
+
+def build(
+    model: str | nn.Module,
+    out: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    precision: str = "fp32",
+    weights: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    outputs: Sequence[str] = ("mask",),
+    palette: Sequence[Sequence[int]] | None = None,
+    dynamic: bool = False,
+    multiple_of: int | None = None,
+    samples: str | os.PathLike[str] | None = None,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Builds a bundle from a zoo model name or a ``torch.nn.Module``.
+
+    Args:
+        model: a zoo name (``edgeseg models`` lists them) or a module whose
+            forward takes an NCHW float image and returns logits (N, C, H, W),
+            a dict with ``"out"`` (torchvision), or a tuple starting with them.
+        out: bundle directory to write (``.edgeseg`` is appended if missing).
+        classes: class names; or give ``num_classes`` (names are then generated).
+        num_classes: number of classes (zoo default 21; a module's is probed).
+        input_size: (height, width); zoo models have a default, modules need it.
+        in_channels: 3 (RGB, default) or 1 (grayscale).
+        mean: per-channel mean on the 0..1 scale (default ImageNet's).
+        std: per-channel std on the 0..1 scale (default ImageNet's).
+        precision: ``"fp32"``.
+        weights: a state dict or checkpoint file, loaded with ``weights_only=True``.
+        options: zoo model options (``edgeseg models`` lists them); not for modules.
+        outputs: graph outputs to keep: ``mask`` plus any of ``probs``, ``logits``.
+        palette: one [r, g, b] per class (default: the Pascal VOC colour map).
+        dynamic: symbolic height and width in the graph.
+        multiple_of: with ``dynamic``, sides must be multiples of this
+            (zoo models know theirs; modules default to 32).
+        samples: a folder of images for the parity check (default: generated images).
+        num_samples: how many sample images the parity check runs.
+        min_agreement: the build fails when ONNX Runtime's masks agree with
+            PyTorch's on fewer pixels than this fraction.
+        opset: ONNX opset (>= 19).
+        overwrite: replace an existing bundle.
+        progress: called with a short message as each step starts.
+
+    Returns:
+        The written, verified bundle.
+
+    Raises:
+        ConfigError: an argument is wrong (the message names it).
+        WeightsError: the weights cannot be read or do not fit.
+        ExportError: export or the graph checks failed.
+        ParityError: ONNX Runtime disagrees with PyTorch beyond ``min_agreement``.
+        BundleExistsError: ``out`` exists and ``overwrite`` is false.
+    """
+    say = progress or (lambda message: log.info("%s", message))
+    if precision != "fp32":
+        raise ConfigError(
+            f"precision {precision!r} is not available in this release; use 'fp32'"
+        )
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError(f"min_agreement must be a fraction in [0, 1], got {min_agreement}")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    wanted = _check_outputs(outputs)
+    target = bundle_path(out)
+    if target.exists() and not overwrite:
+        raise BundleExistsError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+
+    say("preparing the model")
+    resolved = resolve_model(
+        model,
+        classes=classes,
+        num_classes=num_classes,
+        input_size=input_size,
+        in_channels=in_channels,
+        weights=weights,
+        options=options,
+        dynamic=dynamic,
+        multiple_of=multiple_of,
+    )
+    if len(resolved.classes) > 256:
+        raise ConfigError(
+            f"{len(resolved.classes)} classes do not fit the uint8 mask (at most 256)"
+        )
+    default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if resolved.in_channels == 3 else (GRAY_MEAN, GRAY_STD)
+    spec = ExportSpec(
+        input_size=resolved.input_size,
+        in_channels=resolved.in_channels,
+        mean=tuple(float(v) for v in (mean if mean is not None else default_mean)),
+        std=tuple(float(v) for v in (std if std is not None else default_std)),
+        dynamic=dynamic,
+        multiple_of=resolved.multiple_of if dynamic else 1,
+        opset=opset,
+    )
+    colors = _palette(palette, len(resolved.classes))
+
+    say(f"exporting to ONNX (opset {opset}{', dynamic height/width' if dynamic else ''})")
+    full = onnx_from_module(resolved.module, spec)
+
+    say("checking parity with PyTorch in ONNX Runtime")
+    images, sample_source, skipped = _parity_images(samples, spec, num_samples)
+    parity = measure_parity(resolved.module, full, spec, images)
+    parity.update(
+        {
+            "precision": "fp32",
+            "backend": "onnxruntime-cpu",
+            "samples": int(len(images)),
+            "sample_source": sample_source,
+            "samples_skipped": skipped,
+            "min_agreement": min_agreement,
+            "trained": resolved.info.get("trained"),
+        }
+    )
+    if parity["agreement"] < min_agreement:
+        raise ParityError(
+            f"ONNX Runtime agrees with PyTorch on {parity['agreement']:.4%} of pixels, under "
+            f"min_agreement {min_agreement:.4%} (max abs logit error {parity['max_abs_error']:.3g}, "
+            f"mean {parity['mean_abs_error']:.3g}, over {len(images)} {sample_source} images); "
+            "nothing was written"
+        )
+
+    say(f"writing {target}")
+    final = select_outputs(full, wanted)
+    manifest = Manifest(
+        model=resolved.info,
+        classes=tuple(resolved.classes),
+        palette=tuple(colors),
+        input=InputSpec(
+            size=spec.input_size,
+            channels=spec.in_channels,
+            mean=spec.mean,
+            std=spec.std,
+            dynamic=spec.dynamic,
+            multiple_of=spec.multiple_of,
+        ),
+        precision="fp32",
+        opset=opset,
+        outputs=tuple(wanted),
+        graphs={"fp32": "model.onnx"},
+        versions=_versions(),
+        parity=parity,
+    )
+    return write_bundle(target, manifest, {"model.onnx": final.SerializeToString()}, overwrite=overwrite)
+
+
+def resolve_model(
+    model: str | nn.Module,
+    *,
+    classes: Sequence[str] | None,
+    num_classes: int | None,
+    input_size: tuple[int, int] | None,
+    in_channels: int | None,
+    weights: str | os.PathLike[str] | None,
+    options: Mapping[str, Any] | None,
+    dynamic: bool = False,
+    multiple_of: int | None = None,
+) -> ResolvedModel:
+    """Instantiates a zoo model (or takes a module), loads weights, probes classes."""
+    from edgeseg import models as zoo
+
+    channels = 3 if in_channels is None else in_channels
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}")
+    size = _check_size(input_size) if input_size is not None else None
+
+    if isinstance(model, str):
+        spec = zoo.get_spec(model)
+        if size is None:
+            size = (int(spec.default_input_size[0]), int(spec.default_input_size[1]))
+        zoo.check_input_size(spec, size)
+        if classes is None and num_classes is None:
+            num_classes = DEFAULT_NUM_CLASSES
+            log.info("no classes given: %s gets %d classes", model, num_classes)
+        names = class_names(classes, num_classes)
+        opts = dict(options or {})
+        module = zoo.create_model(model, num_classes=len(names), in_channels=channels, **opts)
+        resolved_opts = {**spec.options, **opts}
+        info: dict[str, Any] = {"name": spec.name, "source": "zoo", "options": _jsonable(resolved_opts)}
+        step = spec.multiple_of if multiple_of is None else multiple_of
+    elif isinstance(model, nn.Module):
+        if options:
+            raise ConfigError("options are for zoo models; configure your own module before build()")
+        if size is None:
+            raise ConfigError("input_size=(height, width) is required when building from a module")
+        module = model
+        info = {
+            "name": type(model).__name__,
+            "source": "module",
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "options": {},
+        }
+        names = []
+        step = 32 if multiple_of is None else multiple_of
+    else:
+        raise ConfigError(
+            f"model must be a zoo model name or a torch.nn.Module, got {type(model).__name__}"
+        )
+    if step < 1:
+        raise ConfigError(f"multiple_of must be >= 1, got {step}")
+    if dynamic and (size[0] % step or size[1] % step):
+        raise ConfigError(
+            f"input_size {size[0]}x{size[1]} is not a multiple of {step}, which the dynamic graph needs"
+        )
+
+    if weights is not None:
+        report = zoo.load_weights(module, weights)
+        info["weights"] = {"file": Path(weights).name, "sha256": sha256_file(Path(weights))}
+        info["trained"] = True
+        if report.missing or report.unexpected:
+            warnings.warn(
+                f"weights {weights}: {len(report.missing)} missing keys "
+                f"{_few(report.missing)} and {len(report.unexpected)} unexpected keys "
+                f"{_few(report.unexpected)}; {report.loaded} tensors loaded",
+                stacklevel=3,
+            )
+    elif info["source"] == "zoo":
+        info["trained"] = False
+        warnings.warn(
+            f"{info['name']} has no weights: the network is untrained (fine for latency, "
+            "not for accuracy); pass weights=PATH (--weights)",
+            stacklevel=3,
+        )
+    else:
+        info["trained"] = None  # the user's module: we cannot tell
+
+    module.eval()
+    probe_spec = ExportSpec(input_size=size, in_channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    found = probe_module(module, probe_spec)
+    if info["source"] == "module":
+        names = class_names(classes, num_classes if num_classes is not None else (None if classes else found))
+    if found != len(names):
+        raise ConfigError(
+            f"the model outputs {found} classes but {len(names)} class names were given"
+        )
+    return ResolvedModel(module, info, size, channels, step, names)
+
+
+def measure_parity(
+    module: nn.Module, graph: onnx.ModelProto, spec: ExportSpec, images: np.ndarray
+) -> dict[str, Any]:
+    """Runs ``graph`` in ONNX Runtime and the PyTorch module on the same uint8 images.
+
+    The PyTorch side runs the same :class:`DeployWrapper` pre- and post-processing
+    eagerly, so the figures measure the conversion, not a different pipeline.
+
+    Returns:
+        max/mean absolute logit error, pixel agreement of the masks (overall and
+        the worst image), and the images' size.
+    """
+    wrapper = DeployWrapper(module, spec).eval()
+    max_err, sum_err, count, agree_sum, worst = 0.0, 0.0, 0, 0.0, 1.0
+    with tempfile.TemporaryDirectory(prefix="edgeseg-parity-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(graph.SerializeToString())
+        with OnnxRuntimeBackend(path) as backend, torch.no_grad():
+            for image in images:
+                batch = np.ascontiguousarray(image[None])
+                got = backend.infer({"image": batch}, ["mask", "logits"])
+                _, _, ref_logits = wrapper(torch.from_numpy(batch))
+                ref = ref_logits.numpy()
+                ref_mask = ref.argmax(axis=1).astype(np.uint8)
+                diff = np.abs(got["logits"].astype(np.float64) - ref)
+                max_err = max(max_err, float(diff.max()))
+                sum_err += float(diff.sum())
+                count += diff.size
+                a = agreement(got["mask"], ref_mask)
+                agree_sum += a
+                worst = min(worst, a)
+    return {
+        "max_abs_error": max_err,
+        "mean_abs_error": sum_err / max(count, 1),
+        "agreement": agree_sum / len(images),
+        "worst_image_agreement": worst,
+        "image_size": list(images.shape[1:3]),
+    }
+
+
+def _parity_images(
+    samples: str | os.PathLike[str] | None, spec: ExportSpec, n: int
+) -> tuple[np.ndarray, str, int]:
+    if samples is None:
+        return synthetic_images(n, spec.input_size, spec.in_channels, seed=0), "generated", 0
+    images, skipped = load_samples(samples, spec.input_size, spec.in_channels, limit=n)
+    return images, str(samples), skipped
+
+
+def _check_outputs(outputs: Sequence[str]) -> list[str]:
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    unknown = [o for o in outputs if o not in GRAPH_OUTPUTS]
+    if unknown:
+        raise ConfigError(f"unknown outputs {unknown}; valid: {', '.join(GRAPH_OUTPUTS)}")
+    wanted = ["mask"] + [o for o in GRAPH_OUTPUTS[1:] if o in outputs]
+    return wanted
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"input_size must be (height, width), got {size!r}") from err
+    if h <= 0 or w <= 0 or any(isinstance(s, bool) for s in size):
+        raise ConfigError(f"input_size must be positive (height, width), got {size!r}")
+    return (h, w)
+
+
+def _palette(palette: Sequence[Sequence[int]] | None, n: int) -> list[tuple[int, int, int]]:
+    if palette is None:
+        return default_palette(n)
+    colors = []
+    for i, c in enumerate(palette):
+        rgb = tuple(int(v) for v in c)
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise ConfigError(f"palette entry {i} is {c!r}; expected [r, g, b] with values 0..255")
+        colors.append((rgb[0], rgb[1], rgb[2]))
+    if len(colors) != n:
+        raise ConfigError(f"palette has {len(colors)} colours for {n} classes")
+    return colors
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torchvision
+
+    versions = {
+        "edgeseg": edgeseg.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    try:
+        import onnxslim
+
+        versions["onnxslim"] = onnxslim.__version__
+    except ImportError:  # pragma: no cover - a build dependency
+        pass
+    return versions
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (bool, int, float, str)) or v is None else str(v)) for k, v in options.items()}
+
+
+def _few(names: Sequence[str], k: int = 3) -> str:
+    shown = ", ".join(names[:k])
+    return f"({shown}{', ...' if len(names) > k else ''})" if names else ""

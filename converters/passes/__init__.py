@@ -1,0 +1,10 @@
+"""Pure ONNX graph passes: a ModelProto in, a new ModelProto out (the input is never modified)."""
+
+from converters.passes.graph import (
+    prune_unused,
+    select_outputs,
+    simplify,
+    strip_metadata,
+)
+
+__all__ = ["prune_unused", "select_outputs", "simplify", "strip_metadata"]
