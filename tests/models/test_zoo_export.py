@@ -1,0 +1,174 @@
+"""Every zoo model and option exports and matches PyTorch in ONNX Runtime.
+
+One parametrised case per model/option at a small size and reduced width
+(the architecture is the same, only narrower): logits max abs error <= 1e-4,
+pixel agreement >= 99.99 %. Deformable cases get random offset weights, so
+sampling lands between pixels and the bilinear interpolation is exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgeseg
+from edgeseg import models as zoo
+
+SMALL = {"width": 0.25, "aspp_channels": 32}
+CASES: list[tuple[str, dict[str, Any], tuple[int, int]]] = [
+    ("fcn32s", {"width": 0.125, "fc_channels": 64}, (64, 64)),
+    ("fcn16s", {"width": 0.125, "fc_channels": 64}, (64, 96)),
+    ("fcn8s", {"width": 0.125, "fc_channels": 64}, (64, 64)),
+    ("fcn8s", {"width": 0.125, "fc_channels": 64, "upsample": "bilinear"}, (64, 64)),
+    ("unet", {"base_channels": 8}, (48, 64)),
+    ("unet", {"base_channels": 8, "upsample": "bilinear", "se": True}, (48, 64)),
+    ("unet", {"base_channels": 8, "deformable": True}, (48, 64)),
+    ("deeplabv3", {"backbone": "mobilenet_v3_large"}, (64, 64)),
+    ("deeplabv3", {"backbone": "mobilenet_v3_large", "deformable": True}, (64, 64)),
+    ("deeplabv3", {"backbone": "resnet50"}, (64, 64)),
+    ("deeplabv3p", {**SMALL}, (64, 96)),
+    ("deeplabv3p", {**SMALL, "output_stride": 8}, (64, 64)),
+    ("deeplabv3p", {**SMALL, "upsample": "transposed", "se": True}, (64, 64)),
+    ("deeplabv3p", {**SMALL, "deformable": "backbone"}, (64, 64)),
+    ("deeplabv3p", {**SMALL, "deformable": "aspp"}, (64, 64)),
+    ("deeplabv3p", {"backbone": "resnet50", "aspp_channels": 32}, (64, 64)),
+]
+
+
+def _id(case: tuple[str, dict[str, Any], tuple[int, int]]) -> str:
+    name, options, _ = case
+    return name + "".join(f"-{k}={v}" for k, v in options.items() if k not in SMALL)
+
+
+def _model(name: str, options: dict[str, Any], num_classes: int = 5) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = zoo.create_model(name, num_classes=num_classes, **options)
+    offsets = [m for n, m in model.named_modules() if n.endswith("conv_offset")]
+    if options.get("deformable"):
+        assert offsets, f"{name} {options} has no deformable conv"
+    with torch.no_grad():
+        for conv in offsets:  # non-zero offsets and masks, as after training
+            conv.weight.normal_(0.0, 0.05)
+            conv.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_every_model_has_a_case() -> None:
+    assert {spec.name for spec in zoo.list_models()} == {name for name, _, _ in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_export_matches_pytorch(
+    case: tuple[str, dict[str, Any], tuple[int, int]], tmp_path: Path
+) -> None:
+    name, options, size = case
+    model = _model(name, options)
+    bundle = edgeseg.build(
+        model,
+        tmp_path / name,
+        input_size=size,
+        num_classes=5,
+        num_samples=3,
+        outputs=("mask", "logits"),
+    )
+    parity = bundle.manifest.parity
+    assert parity["max_abs_error"] <= 1e-4, parity
+    assert parity["agreement"] >= 0.9999, parity
+    ops = {n.op_type for n in onnx.load(bundle.graph()).graph.node}
+    if options.get("deformable"):
+        assert "DeformConv" in ops
+    # and through the runtime, on a frame of another size
+    frame = np.random.default_rng(1).integers(0, 256, (size[0] + 7, size[1] - 5, 3), dtype=np.uint8)
+    with edgeseg.Segmenter(bundle.path, outputs=["logits"]) as seg:
+        r = seg(frame)
+    assert r.mask.shape == frame.shape[:2]
+    assert r.logits is not None and r.logits.shape == (5, *size)
+
+
+def test_zoo_name_build_records_options(tmp_path: Path) -> None:
+    bundle = edgeseg.build(
+        "deeplabv3p",
+        tmp_path / "z",
+        num_classes=3,
+        input_size=(64, 64),
+        options={"width": 0.25, "aspp_channels": 16},
+        num_samples=2,
+    )
+    model = bundle.manifest.model
+    assert model["source"] == "zoo" and model["name"] == "deeplabv3p" and model["trained"] is False
+    assert model["options"] == {
+        **zoo.get_spec("deeplabv3p").options,
+        "width": 0.25,
+        "aspp_channels": 16,
+    }
+
+
+def test_zoo_build_warns_when_untrained(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="untrained"):
+        edgeseg.build(
+            "unet",
+            tmp_path / "u",
+            num_classes=2,
+            input_size=(32, 32),
+            options={"base_channels": 4},
+            num_samples=1,
+        )
+
+
+def test_zoo_build_with_weights(tmp_path: Path) -> None:
+    trained = _model("unet", {"base_channels": 4}, num_classes=2)
+    ckpt = tmp_path / "ckpt.pth"
+    torch.save({"model": trained.state_dict()}, ckpt)
+    bundle = edgeseg.build(
+        "unet",
+        tmp_path / "u",
+        num_classes=2,
+        input_size=(32, 32),
+        options={"base_channels": 4},
+        weights=ckpt,
+        num_samples=1,
+        outputs=("mask", "logits"),
+    )
+    assert bundle.manifest.model["trained"] is True
+    frame = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    from converters.export import DeployWrapper, ExportSpec
+
+    with torch.no_grad():
+        ref = DeployWrapper(trained, ExportSpec(input_size=(32, 32)))(
+            torch.from_numpy(frame)[None]
+        )[2][0].numpy()
+    with edgeseg.Segmenter(bundle.path, outputs=["logits"]) as seg:
+        np.testing.assert_allclose(seg(frame).logits, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("deeplabv3p", SMALL), ("unet", {"base_channels": 8})]
+)
+def test_dynamic_export_runs_at_other_sizes(
+    name: str, options: dict[str, Any], tmp_path: Path
+) -> None:
+    model = _model(name, options)
+    bundle = edgeseg.build(
+        model,
+        tmp_path / "d",
+        input_size=(64, 64),
+        num_classes=5,
+        dynamic=True,
+        multiple_of=zoo.get_spec(name).multiple_of,
+        num_samples=2,
+    )
+    assert bundle.manifest.input.dynamic
+    from converters.export import DeployWrapper, ExportSpec
+
+    wrapper = DeployWrapper(model, ExportSpec(input_size=(64, 64)))
+    with edgeseg.Segmenter(bundle.path) as seg:
+        for shape in [(96, 128, 3), (64, 160, 3)]:
+            frame = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+            with torch.no_grad():
+                ref = wrapper(torch.from_numpy(frame)[None])[0][0].numpy()
+            assert (seg(frame).mask == ref).mean() >= 0.9999

@@ -1,0 +1,172 @@
+"""Bundle round trip, verification and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgeseg.bundle import (
+    Bundle,
+    InputSpec,
+    Manifest,
+    bundle_path,
+    class_names,
+    default_palette,
+    write_bundle,
+)
+from edgeseg.errors import BundleError, BundleExistsError, ConfigError
+
+
+def _manifest(**overrides) -> Manifest:  # type: ignore[no-untyped-def]
+    fields = dict(
+        model={"name": "toy", "source": "module", "options": {}},
+        classes=("a", "b"),
+        palette=((0, 0, 0), (255, 0, 0)),
+        input=InputSpec(size=(32, 48)),
+        precision="fp32",
+        opset=19,
+        outputs=("mask",),
+        graphs={"fp32": "model.onnx"},
+        versions={"edgeseg": "0.1.0"},
+        parity={"agreement": 1.0},
+    )
+    fields.update(overrides)
+    return Manifest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Bundle:
+    return write_bundle(tmp_path / "toy.edgeseg", _manifest(), {"model.onnx": b"graph-bytes" * 100})
+
+
+def test_round_trip_keeps_every_field(written: Bundle) -> None:
+    loaded = Bundle.load(written.path)
+    m = loaded.manifest
+    assert m.classes == ("a", "b")
+    assert m.palette == ((0, 0, 0), (255, 0, 0))
+    assert m.input == InputSpec(size=(32, 48))
+    assert m.files["model.onnx"]["bytes"] == 1100
+    assert len(m.files["model.onnx"]["sha256"]) == 64
+    assert loaded.graph() == written.path / "model.onnx"
+    data = json.loads((written.path / "manifest.json").read_text())
+    for key in ("schema_version", "model", "classes", "palette", "input", "precision", "opset",
+                "files", "versions", "parity"):
+        assert key in data
+    assert Manifest.from_json(data) == m
+
+
+def test_tampered_file_is_detected(written: Bundle) -> None:
+    graph = written.path / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[5] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.onnx does not match its checksum"):
+        Bundle.load(written.path)
+    # verification can be skipped on purpose, and the manifest still reads
+    assert Bundle.load(written.path, verify=False).manifest.classes == ("a", "b")
+
+
+def test_truncated_file_is_detected(written: Bundle) -> None:
+    graph = written.path / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:100])
+    with pytest.raises(BundleError, match=r"model\.onnx has 100 bytes, the manifest says 1100"):
+        Bundle.load(written.path)
+
+
+def test_missing_file_is_detected(written: Bundle) -> None:
+    (written.path / "model.onnx").unlink()
+    with pytest.raises(BundleError, match=r"file model\.onnx is missing"):
+        Bundle.load(written.path)
+
+
+def test_missing_manifest_and_directory(tmp_path: Path, written: Bundle) -> None:
+    (written.path / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        Bundle.load(written.path)
+    with pytest.raises(BundleError, match="does not exist"):
+        Bundle.load(tmp_path / "nope.edgeseg")
+    file = tmp_path / "file.edgeseg"
+    file.write_text("x")
+    with pytest.raises(BundleError, match="is not a directory"):
+        Bundle.load(file)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("classes"), "missing keys classes"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is newer"),
+        (lambda d: d.update(schema_version="1"), "schema_version must be a positive integer"),
+        (lambda d: d.update(precision="int4"), "precision 'int4' is not one of"),
+        (lambda d: d.update(palette=[[0, 0, 0]]), "palette has 1 colours for 2 classes"),
+        (lambda d: d.update(palette=[[0, 0, 0], [300, 0, 0]]), "malformed value"),
+        (lambda d: d.update(outputs=["probs"]), "must include 'mask'"),
+        (lambda d: d["input"].pop("size"), "manifest 'input' is malformed"),
+        (lambda d: d.update(graphs={"fp32": "other.onnx"}), "'other.onnx' .* not listed"),
+        (lambda d: d["files"].update({"../evil": {"sha256": "0", "bytes": 1}}), "not a plain name"),
+    ],
+)
+def test_malformed_manifest_is_named(written: Bundle, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = written.path / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(written.path)
+
+
+def test_invalid_json(written: Bundle) -> None:
+    (written.path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        Bundle.load(written.path)
+
+
+def test_existing_bundle_is_not_replaced_without_overwrite(written: Bundle) -> None:
+    with pytest.raises(BundleExistsError, match="already exists; pass overwrite=True"):
+        write_bundle(written.path, _manifest(), {"model.onnx": b"new"})
+    assert (written.path / "model.onnx").read_bytes() == b"graph-bytes" * 100
+    replaced = write_bundle(written.path, _manifest(), {"model.onnx": b"new"}, overwrite=True)
+    assert (replaced.path / "model.onnx").read_bytes() == b"new"
+    assert [p.name for p in written.path.parent.iterdir()] == [written.path.name]
+
+
+def test_failed_write_leaves_no_partial_bundle_and_keeps_the_old(written: Bundle) -> None:
+    # a graph named in the manifest but not given: fails after the temp dir exists
+    bad = _manifest(graphs={"fp32": "model.onnx", "int8": "model.int8.onnx"})
+    with pytest.raises(BundleError, match=r"graph files \['model.int8.onnx'\] were not given"):
+        write_bundle(written.path, bad, {"model.onnx": b"x"}, overwrite=True)
+    # a file name that may not be written: fails half-way through writing
+    with pytest.raises(BundleError, match="not allowed"):
+        write_bundle(written.path, _manifest(), {"model.onnx": b"x", "a/b": b"y"}, overwrite=True)
+    assert Bundle.load(written.path).manifest.files["model.onnx"]["bytes"] == 1100
+    assert sorted(p.name for p in written.path.parent.iterdir()) == [written.path.name]
+
+
+def test_bundle_path_appends_suffix(tmp_path: Path) -> None:
+    assert bundle_path(tmp_path / "road") == tmp_path / "road.edgeseg"
+    assert bundle_path(tmp_path / "road.edgeseg") == tmp_path / "road.edgeseg"
+
+
+def test_class_names_and_palette() -> None:
+    assert class_names(None, 3) == ["class_0", "class_1", "class_2"]
+    assert class_names(["x", "y"], None) == ["x", "y"]
+    with pytest.raises(ConfigError, match="num_classes=3 but 2 class names"):
+        class_names(["x", "y"], 3)
+    with pytest.raises(ConfigError, match="duplicate"):
+        class_names(["x", "x"], None)
+    with pytest.raises(ConfigError, match="give classes"):
+        class_names(None, None)
+    with pytest.raises(ConfigError, match="positive integer"):
+        class_names(None, 0)
+    palette = default_palette(21)
+    assert palette[:3] == [(0, 0, 0), (128, 0, 0), (0, 128, 0)]  # the VOC colour map
+    assert len(set(palette)) == 21
+
+
+def test_copy_of_bundle_verifies(written: Bundle, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.edgeseg"
+    shutil.copytree(written.path, copy)
+    assert Bundle.load(copy).manifest == written.manifest

@@ -1,0 +1,164 @@
+"""The CLI end to end through a subprocess: success paths and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg.bundle import Bundle
+
+
+def edgeseg_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], text: str, code: int = 1) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert text in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "unet.edgeseg"
+    proc = edgeseg_cli(
+        "build", "--model", "unet", "--out", str(out), "--input-size", "64x64", "--num-classes", "3",
+        "-o", "base_channels=8", "--num-samples", "2", "--outputs", "mask,probs",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "built" in proc.stdout and "agreement" in proc.stdout
+    assert "[edgeseg] exporting to ONNX" in proc.stderr  # progress
+    assert "untrained" in proc.stderr  # no weights: the build says so
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    return folder
+
+
+def test_build_writes_a_verified_bundle(cli_bundle: Path) -> None:
+    m = Bundle.load(cli_bundle).manifest
+    assert m.model["name"] == "unet" and m.model["options"]["base_channels"] == 8
+    assert m.model["trained"] is False
+    assert m.outputs == ("mask", "probs")
+    assert m.input.size == (64, 64)
+
+
+def test_info_table_and_json(cli_bundle: Path) -> None:
+    proc = edgeseg_cli("info", str(cli_bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "unet [zoo]" in proc.stdout and "verified: yes" in proc.stdout and "parity" in proc.stdout
+    proc = edgeseg_cli("info", str(cli_bundle), "--json")
+    data = json.loads(proc.stdout)
+    assert data["classes"] == ["class_0", "class_1", "class_2"]
+    assert data["files"]["model.onnx"]["sha256"]
+
+
+def test_run_folder_writes_masks_and_overlays(cli_bundle: Path, frames: Path, tmp_path: Path) -> None:
+    (frames / "zz_broken.png").write_bytes(b"junk")
+    try:
+        proc = edgeseg_cli("run", str(cli_bundle), "--source", str(frames), "--masks", str(tmp_path / "m"),
+                           "--overlay", str(tmp_path / "o"))
+    finally:
+        (frames / "zz_broken.png").unlink()
+    assert proc.returncode == 0, proc.stderr
+    assert "segmented 3 frame(s)" in proc.stdout and "skipped 1 unreadable" in proc.stdout
+    assert "skipped zz_broken" in proc.stderr
+    masks = sorted((tmp_path / "m").iterdir())
+    assert [p.name for p in masks] == ["f0.png", "f1.png", "f2.png"]
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape == (48, 80) and mask.dtype == np.uint8 and mask.max() < 3
+    overlay = np.asarray(Image.open(tmp_path / "o" / "f0.png"))
+    assert overlay.shape == (48, 80, 3)
+
+
+def test_run_single_image_and_video(cli_bundle: Path, frames: Path, tmp_path: Path) -> None:
+    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless (the video extra)")
+    proc = edgeseg_cli("run", str(cli_bundle), "--source", str(frames / "f0.png"), "--overlay", str(tmp_path / "one.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (48, 80, 3)
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (80, 48))
+    for i in range(4):
+        writer.write(np.full((48, 80, 3), 40 * i, np.uint8))
+    writer.release()
+    proc = edgeseg_cli("run", str(cli_bundle), "--source", str(video), "--masks", str(tmp_path / "vm"),
+                       "--overlay", str(tmp_path / "out.avi"))
+    assert proc.returncode == 0, proc.stderr
+    assert "segmented 4 frame(s)" in proc.stdout
+    assert len(list((tmp_path / "vm").glob("frame_*.png"))) == 4
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+
+
+def test_models_lists_every_model() -> None:
+    proc = edgeseg_cli("models", "--json", "--input-size", "256x256")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert {"fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3", "deeplabv3p"} <= set(rows)
+    assert all(r["params"] > 0 and r["gflops"] > 0 for r in rows.values())
+    assert rows["deeplabv3p"]["options"]["backbone"] == "mobilenet_v2"
+    table = edgeseg_cli("models")
+    assert table.returncode == 0 and "deeplabv3p" in table.stdout and "GFLOPs" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["build", "--model", "segformer"], "unknown model 'segformer'"),
+        (["build", "--model", "unet", "-o", "colour=red"], "colour"),
+        (["build", "--model", "unet", "-o", "base_channels"], "is not KEY=VALUE"),
+        (["build", "--model", "fcn8s", "--input-size", "500x500"], "multiples of 32"),
+        (["build", "--model", "unet", "--mean", "a,b,c"], "--mean 'a,b,c' is not comma-separated numbers"),
+        (["build", "--model", "unet", "--weights", "/nonexistent.pth"], "/nonexistent.pth"),
+        (["info", "/nonexistent.edgeseg"], "bundle /nonexistent.edgeseg does not exist"),
+        (["run", "/nonexistent.edgeseg", "--source", "."], "does not exist"),
+    ],
+)
+def test_errors_are_one_line(args: list[str], text: str, tmp_path: Path) -> None:
+    proc = edgeseg_cli(*args, cwd=tmp_path)
+    assert_one_line_error(proc, text)
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert_one_line_error(edgeseg_cli("build", "--model", "unet", "--input-size", "big"), "is not HxW", code=2)
+    assert_one_line_error(edgeseg_cli("build"), "Missing option '--model'", code=2)
+
+
+def test_run_errors(cli_bundle: Path, tmp_path: Path) -> None:
+    assert_one_line_error(edgeseg_cli("run", str(cli_bundle), "--source", str(tmp_path / "nope.png")), "does not exist")
+    (tmp_path / "notes.txt").write_text("x")
+    assert_one_line_error(edgeseg_cli("run", str(cli_bundle), "--source", str(tmp_path / "notes.txt")), "unknown file type '.txt'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(edgeseg_cli("run", str(cli_bundle), "--source", str(empty)), "has no images")
+
+
+def test_tampered_bundle_is_refused(cli_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "t.edgeseg"
+    shutil.copytree(cli_bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    assert_one_line_error(edgeseg_cli("info", str(copy)), "does not match its checksum")
+
+
+def test_existing_bundle_needs_force(cli_bundle: Path) -> None:
+    proc = edgeseg_cli("build", "--model", "unet", "--out", str(cli_bundle), "-o", "base_channels=8", "--input-size", "64x64")
+    assert_one_line_error(proc, "already exists; pass overwrite=True (--force)")

@@ -1,0 +1,151 @@
+"""Segmenter on the CPU backend: frames of every kind, sizes, outputs, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeseg
+from edgeseg.errors import BackendError, BundleError, ConfigError, InputError
+from edgeseg.runtime.image import NearestResizer, resize_image, round_to_multiple, to_channels
+
+
+def test_mask_matches_frame_size_and_timings(tiny_bundle: Path, rng: np.random.Generator) -> None:
+    with edgeseg.Segmenter(tiny_bundle) as seg:
+        for shape in [(64, 96, 3), (120, 160, 3), (37, 51, 3)]:
+            frame = rng.integers(0, 256, shape, dtype=np.uint8)
+            r = seg(frame)
+            assert r.mask.shape == shape[:2] and r.mask.dtype == np.uint8
+            assert r.mask.max() < 4
+            assert r.probs is None and r.logits is None
+            assert set(r.timings) == {"preprocess", "infer", "postprocess", "total"}
+            assert r.timings["total"] >= r.timings["infer"] > 0
+
+
+def test_model_size_frame_equals_argmax_of_logits(tiny_bundle: Path, rng: np.random.Generator) -> None:
+    frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with edgeseg.Segmenter(tiny_bundle, outputs=["probs", "logits"]) as seg:
+        r = seg(frame)
+    assert r.probs is not None and r.logits is not None
+    assert r.probs.shape == (4, 64, 96) and r.logits.shape == (4, 64, 96)
+    np.testing.assert_allclose(r.probs.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(r.mask, r.logits.argmax(axis=0))
+
+
+def test_runtime_matches_pytorch_on_the_same_frame(tiny_bundle: Path, rng: np.random.Generator) -> None:
+    import torch
+
+    from tests.conftest import tiny_module
+
+    frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = tiny_module()((x - mean) / std)["out"][0].numpy()
+    with edgeseg.Segmenter(tiny_bundle, outputs=["logits"]) as seg:
+        got = seg(frame).logits
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_gray_rgba_and_bgr_frames(tiny_bundle: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with edgeseg.Segmenter(tiny_bundle) as seg:
+        base = seg(rgb).mask
+        rgba = np.concatenate([rgb, np.full((64, 96, 1), 7, np.uint8)], axis=2)
+        np.testing.assert_array_equal(seg(rgba).mask, base)
+        np.testing.assert_array_equal(seg(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True).mask, base)
+        gray = rgb[:, :, 0]
+        np.testing.assert_array_equal(seg(gray).mask, seg(np.repeat(gray[:, :, None], 3, 2)).mask)
+        assert seg(gray[:, :, None]).mask.shape == (64, 96)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (np.zeros((64, 96, 3), np.float32), r"frame: expected dtype uint8, got float32 \(scale floats"),
+        (np.zeros((64, 96, 3), np.int64), "expected dtype uint8, got int64"),
+        (np.zeros((2, 64, 96, 3), np.uint8), r"expected shape \(H, W\).*got \(2, 64, 96, 3\)"),
+        (np.zeros((0, 96, 3), np.uint8), "frame is empty"),
+        (np.zeros((64, 96, 2), np.uint8), "expected 1, 3 or 4 channels"),
+        (np.zeros((3, 64, 96), np.uint8), "expected 1, 3 or 4 channels"),
+        ([[1, 2], [3, 4]], "expected a numpy uint8 array.*got list"),
+    ],
+)
+def test_bad_frames_get_clear_errors(tiny_bundle: Path, frame: object, message: str) -> None:
+    with edgeseg.Segmenter(tiny_bundle) as seg, pytest.raises(InputError, match=message):
+        seg(frame)  # type: ignore[arg-type]
+
+
+def test_outputs_the_bundle_lacks(tiny_bundle: Path, dynamic_bundle: Path) -> None:
+    with pytest.raises(ConfigError, match="has no output probs; it has mask"):
+        edgeseg.Segmenter(dynamic_bundle, outputs=["probs"])
+
+
+def test_unknown_backend_and_precision(tiny_bundle: Path) -> None:
+    with pytest.raises(BackendError, match="unknown backend 'cuda'; valid: auto, onnxruntime"):
+        edgeseg.Segmenter(tiny_bundle, backend="cuda")
+    with pytest.raises(BundleError, match="has no int8 graph; it has fp32"):
+        edgeseg.Segmenter(tiny_bundle, precision="int8")
+
+
+def test_closed_segmenter(tiny_bundle: Path) -> None:
+    seg = edgeseg.Segmenter(tiny_bundle)
+    seg.close()
+    seg.close()  # idempotent
+    with pytest.raises(ConfigError, match="is closed"):
+        seg(np.zeros((64, 96, 3), np.uint8))
+
+
+def test_dynamic_bundle_runs_at_the_frame_size(dynamic_bundle: Path, rng: np.random.Generator) -> None:
+    with edgeseg.Segmenter(dynamic_bundle) as seg:
+        assert seg.manifest.input.dynamic
+        assert seg.model_size_for((120, 160)) == (120, 160)
+        assert seg.model_size_for((121, 158)) == (120, 160)
+        for shape in [(120, 160, 3), (64, 96, 3), (33, 70, 3)]:
+            r = seg(rng.integers(0, 256, shape, dtype=np.uint8))
+            assert r.mask.shape == shape[:2]
+
+
+def test_dynamic_bundle_matches_pytorch_at_another_size(dynamic_bundle: Path, rng: np.random.Generator) -> None:
+    import torch
+
+    from converters.export import DeployWrapper, ExportSpec
+    from tests.conftest import tiny_module
+
+    frame = rng.integers(0, 256, (128, 200, 3), dtype=np.uint8)
+    wrapper = DeployWrapper(tiny_module(), ExportSpec(input_size=(64, 96)))
+    with torch.no_grad():
+        ref = wrapper(torch.from_numpy(frame)[None])[0][0].numpy()
+    with edgeseg.Segmenter(dynamic_bundle) as seg:
+        assert (seg(frame).mask == ref).mean() > 0.9999
+
+
+def test_image_helpers() -> None:
+    frame = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    assert to_channels(frame, 1).shape == (4, 6, 1)
+    assert to_channels(frame[:, :, :1], 3).shape == (4, 6, 3)
+    gray = to_channels(np.full((2, 2, 3), (255, 0, 0), np.uint8), 1)
+    assert int(gray[0, 0, 0]) == 76  # BT.601: 0.299 * 255
+    assert resize_image(frame, (8, 12)).shape == (8, 12, 3)
+    assert resize_image(frame[:, :, :1], (8, 12)).shape == (8, 12, 1)
+    assert round_to_multiple((121, 158), 8) == (120, 160)
+    assert round_to_multiple((3, 3), 8) == (8, 8)
+    resize = NearestResizer()
+    mask = np.array([[0, 1], [2, 3]], np.uint8)
+    np.testing.assert_array_equal(resize(mask, (4, 4)), np.repeat(np.repeat(mask, 2, 0), 2, 1))
+    np.testing.assert_array_equal(resize(np.repeat(np.repeat(mask, 2, 0), 2, 1), (2, 2)), mask)
+    assert resize(mask, (2, 2)) is mask
+
+
+def test_altered_bundle_refused_by_segmenter(tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy.edgeseg"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="model.onnx has .* bytes, the manifest says"):
+        edgeseg.Segmenter(copy)
