@@ -1,0 +1,400 @@
+"""The ``edgeseg`` command line (click).
+
+Errors edgeseg raises on purpose become one line on stderr and exit code 1;
+bad usage exits 2 (click's convention). Build-time commands import torch
+only when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.errors import ConfigError, EdgesegError, SourceError
+
+log = logging.getLogger("edgeseg")
+
+
+class _Group(click.Group):
+    """Turns edgeseg's own errors into one line and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgesegError as err:
+            raise click.ClickException(str(err)) from err
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    text = value.lower().replace(" ", "")
+    parts = text.split("x")
+    try:
+        if len(parts) == 1:
+            side = int(parts[0])
+            size = (side, side)
+        elif len(parts) == 2:
+            size = (int(parts[0]), int(parts[1]))
+        else:
+            raise ValueError(value)
+    except ValueError as err:
+        raise click.BadParameter(f"{value!r} is not HxW (e.g. 512x512)") from err
+    if size[0] <= 0 or size[1] <= 0:
+        raise click.BadParameter(f"{value!r}: sides must be positive")
+    return size
+
+
+def _size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    return _size(value)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeseg")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """edgeseg: segmentation models to deployable bundles, and a runtime for them."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("default")
+    logging.captureWarnings(True)
+
+
+@cli.command("models")
+@click.option("--input-size", "input_size", default="512x512", show_default=True, callback=_size_callback,
+              help="HxW at which GFLOPs are counted.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
+    """List the zoo's models with their options, parameters and GFLOPs."""
+    import torch
+
+    from edgeseg import models as zoo
+
+    rows = []
+    for spec in zoo.list_models():
+        with torch.device("meta"):  # shapes only: no memory, no weight init work
+            module = zoo.create_model(spec.name, num_classes=21)
+        size = input_size
+        try:
+            zoo.check_input_size(spec, size)
+        except ConfigError:
+            size = tuple(-(-s // spec.multiple_of) * spec.multiple_of for s in input_size)  # type: ignore[assignment]
+        params, gflops = zoo.complexity(module, size)
+        rows.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "options": {k: v for k, v in spec.options.items()},
+                "choices": {k: list(v) for k, v in spec.choices.items()},
+                "multiple_of": spec.multiple_of,
+                "params": params,
+                "gflops": gflops,
+                "input_size": list(size),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'model':<12} {'params':>9} {'GFLOPs':>9}  {'size':>9}  options (defaults)")
+    for r in rows:
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        size = "x".join(str(s) for s in r["input_size"])
+        click.echo(f"{r['name']:<12} {r['params'] / 1e6:>8.2f}M {r['gflops']:>9.2f}  {size:>9}  {opts}")
+        click.echo(f"{'':<12} {r['description']}")
+    click.echo("GFLOPs for 21 classes, one RGB frame; deformable convs count as their plain convs.")
+
+
+@cli.command("build")
+@click.option("--model", "model_name", required=True, help="Zoo model name (see `edgeseg models`).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory [default: MODEL.edgeseg].")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="State dict or checkpoint (.pth), loaded with weights_only=True.")
+@click.option("--num-classes", type=int, default=None, help="Number of classes [default: 21].")
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path), default=None,
+              help="Text file with one class name per line.")
+@click.option("--input-size", default=None, callback=_size_callback, help="HxW [default: the model's].")
+@click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--mean", default=None, help="Comma-separated per-channel mean, 0..1 [ImageNet].")
+@click.option("--std", default=None, help="Comma-separated per-channel std, 0..1 [ImageNet].")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Model option, repeatable (e.g. -o backbone=resnet50).")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--outputs", default="mask", show_default=True,
+              help="Comma-separated graph outputs: mask plus probs and/or logits.")
+@click.option("--samples", type=click.Path(path_type=Path), default=None,
+              help="Folder of images for the parity check [default: generated images].")
+@click.option("--num-samples", type=int, default=8, show_default=True)
+@click.option("--min-agreement", type=float, default=0.999, show_default=True,
+              help="Fail when ONNX Runtime and PyTorch masks agree on fewer pixels.")
+@click.option("--dynamic", is_flag=True, help="Symbolic height and width.")
+@click.option("--opset", type=int, default=19, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def build_cmd(
+    model_name: str,
+    out: Path | None,
+    weights: Path | None,
+    num_classes: int | None,
+    classes_file: Path | None,
+    input_size: tuple[int, int] | None,
+    in_channels: str,
+    mean: str | None,
+    std: str | None,
+    options: tuple[str, ...],
+    precision: str,
+    outputs: str,
+    samples: Path | None,
+    num_samples: int,
+    min_agreement: float,
+    dynamic: bool,
+    opset: int,
+    force: bool,
+) -> None:
+    """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/."""
+    from edgeseg._lazy import import_build_module
+
+    builder = import_build_module()
+    from edgeseg import models as zoo
+
+    spec = zoo.get_spec(model_name)
+    parsed: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {item!r} is not KEY=VALUE")
+        parsed[key.strip()] = zoo.parse_option(key.strip(), spec, value.strip())
+    classes = _read_classes(classes_file) if classes_file else None
+    start = time.perf_counter()
+    bundle = builder.build(
+        model_name,
+        out if out is not None else Path(f"{model_name}.edgeseg"),
+        classes=classes,
+        num_classes=num_classes,
+        input_size=input_size,
+        in_channels=int(in_channels),
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
+        precision=precision,
+        weights=weights,
+        options=parsed,
+        outputs=[o.strip() for o in outputs.split(",") if o.strip()],
+        samples=samples,
+        num_samples=num_samples,
+        min_agreement=min_agreement,
+        dynamic=dynamic,
+        opset=opset,
+        overwrite=force,
+        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
+    )
+    parity = bundle.manifest.parity
+    size = bundle.path.joinpath("model.onnx").stat().st_size
+    click.echo(
+        f"built {bundle.path} in {time.perf_counter() - start:.1f}s: {model_name}, "
+        f"{len(bundle.manifest.classes)} classes, {'x'.join(map(str, bundle.manifest.input.size))}, "
+        f"{size / 1e6:.1f} MB; parity: agreement {parity['agreement']:.4%}, "
+        f"max abs logit error {parity['max_abs_error']:.2e}"
+    )
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ConfigError(f"--classes {path}: cannot read ({err.strerror})") from err
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise ConfigError(f"--classes {path}: no class names in the file")
+    return names
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ConfigError(f"{flag} {text!r} is not comma-separated numbers") from err
+
+
+@cli.command("info")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
+def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
+    """Show a bundle's manifest (checksums verified first)."""
+    from edgeseg.bundle import Bundle
+
+    loaded = Bundle.load(bundle, verify=not no_verify)
+    m = loaded.manifest
+    if as_json:
+        click.echo(json.dumps(m.to_json(), indent=2))
+        return
+    spec = m.input
+    opts = ", ".join(f"{k}={v}" for k, v in m.model.get("options", {}).items())
+    parity = m.parity
+    lines = [
+        f"bundle      {loaded.path}  (schema {m.schema_version}, verified: {'no' if no_verify else 'yes'})",
+        f"model       {m.model.get('name')} [{m.model.get('source')}] {opts}",
+        f"trained     {m.model.get('trained')}" + (f"  weights {m.model['weights']['file']}" if m.model.get("weights") else ""),
+        f"classes     {len(m.classes)}: {', '.join(m.classes)}",
+        f"input       image {spec.dtype} {spec.layout} {spec.color} "
+        f"{'dynamic, nominal ' if spec.dynamic else ''}{spec.size[0]}x{spec.size[1]}"
+        + (f" (multiples of {spec.multiple_of})" if spec.dynamic else ""),
+        f"normalise   mean {list(spec.mean)} std {list(spec.std)}",
+        f"precision   {m.precision}   opset {m.opset}   outputs {', '.join(m.outputs)}",
+        "files       " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in m.files.items()),
+        "versions    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
+    ]
+    if parity:
+        lines.append(
+            f"parity      agreement {parity.get('agreement', float('nan')):.4%} "
+            f"(worst image {parity.get('worst_image_agreement', float('nan')):.4%}), "
+            f"max abs logit error {parity.get('max_abs_error', float('nan')):.2e}, "
+            f"{parity.get('samples')} {parity.get('sample_source')} images, {parity.get('backend')}"
+        )
+    click.echo("\n".join(lines))
+
+
+@cli.command("run")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--source", required=True, type=click.Path(path_type=Path),
+              help="Image file, folder of images, or video file.")
+@click.option("--masks", type=click.Path(path_type=Path), default=None,
+              help="Folder for mask PNGs (class ids as pixel values).")
+@click.option("--overlay", type=click.Path(path_type=Path), default=None,
+              help="Overlay output: an image file (single-image source), a video file "
+                   "(.mp4/.avi), or a folder of PNGs.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--backend", default="auto", show_default=True)
+def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str) -> None:
+    """Segment an image, a folder of images or a video with a bundle."""
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.sources import count_frames, iter_frames, source_kind
+
+    kind = source_kind(source)
+    total = count_frames(source)
+    writer = _OverlayWriter(overlay, kind, alpha) if overlay is not None else None
+    if masks is not None:
+        masks.mkdir(parents=True, exist_ok=True)
+    done, bad = 0, []
+    infer_ms: list[float] = []
+    total_ms: list[float] = []
+    with Segmenter(bundle, backend=backend) as seg:
+        try:
+            with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
+                                   show_pos=True) as bar:
+                for frame in iter_frames(source):
+                    bar.update(1)
+                    if frame.image is None:
+                        bad.append(f"{frame.name}: {frame.error}")
+                        continue
+                    result = seg(frame.image)
+                    infer_ms.append(result.timings["infer"])
+                    total_ms.append(result.timings["total"])
+                    if masks is not None:
+                        _write_png(masks / f"{frame.name}.png", result.mask)
+                    if writer is not None:
+                        writer.write(frame.name, frame.image, result.mask, seg.palette)
+                    done += 1
+        finally:
+            if writer is not None:
+                writer.close()
+    for line in bad:
+        click.echo(f"skipped {line}", err=True)
+    if done == 0:
+        raise SourceError(f"source {source}: no frame could be segmented ({len(bad)} unreadable)")
+    summary = (
+        f"segmented {done} frame(s) from {source}"
+        + (f", skipped {len(bad)} unreadable" if bad else "")
+        + f"; latency median {np.median(total_ms):.1f} ms (inference {np.median(infer_ms):.1f} ms)"
+    )
+    if masks is not None:
+        summary += f"; masks in {masks}"
+    if overlay is not None:
+        summary += f"; overlay {overlay}"
+    click.echo(summary)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    try:
+        Image.fromarray(array).save(path)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err}") from err
+
+
+class _OverlayWriter:
+    """Writes overlays as one image, a folder of PNGs, or a video."""
+
+    VIDEO = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
+
+    def __init__(self, target: Path, kind: str, alpha: float) -> None:
+        from edgeseg.runtime.sources import IMAGE_SUFFIXES
+
+        self.target, self.alpha = target, alpha
+        suffix = target.suffix.lower()
+        if suffix in self.VIDEO:
+            self.mode = "video"
+        elif suffix in IMAGE_SUFFIXES:
+            if kind != "image":
+                raise ConfigError(
+                    f"--overlay {target} is one image but the source has many frames; "
+                    "give a folder or a video file (.mp4, .avi)"
+                )
+            self.mode = "image"
+        else:
+            self.mode = "folder"
+            target.mkdir(parents=True, exist_ok=True)
+        self._video: Any = None
+
+    def write(self, name: str, frame: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> None:
+        from edgeseg.runtime.overlay import overlay
+
+        blended = overlay(frame, mask, palette, self.alpha)
+        if self.mode == "image":
+            _write_png(self.target, blended)
+        elif self.mode == "folder":
+            _write_png(self.target / f"{name}.png", blended)
+        else:
+            self._write_video(blended)
+
+    def _write_video(self, rgb: np.ndarray) -> None:
+        from edgeseg.runtime.sources import import_cv2
+
+        cv2 = import_cv2()
+        if self._video is None:
+            fourcc = cv2.VideoWriter_fourcc(*self.VIDEO[self.target.suffix.lower()])
+            self._size = (rgb.shape[1], rgb.shape[0])
+            self._video = cv2.VideoWriter(str(self.target), fourcc, 10.0, self._size)
+            if not self._video.isOpened():
+                raise ConfigError(f"--overlay {self.target}: OpenCV cannot write this video")
+        if (rgb.shape[1], rgb.shape[0]) != self._size:
+            rgb = cv2.resize(rgb, self._size, interpolation=cv2.INTER_NEAREST)
+        self._video.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="edgeseg")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
