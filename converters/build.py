@@ -327,11 +327,11 @@ def measure_parity(
     eagerly, so the figures measure the conversion, not a different pipeline.
 
     Returns:
-        max/mean absolute logit error, pixel agreement of the masks (overall and
+        max/mean absolute logit error, the largest absolute logit, pixel agreement of the masks (overall and
         the worst image), and the images' size.
     """
     wrapper = DeployWrapper(module, spec).eval()
-    max_err, sum_err, count, agree_sum, worst = 0.0, 0.0, 0, 0.0, 1.0
+    max_err, sum_err, count, agree_sum, worst, scale = 0.0, 0.0, 0, 0.0, 1.0, 0.0
     with tempfile.TemporaryDirectory(prefix="edgeseg-parity-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(graph.SerializeToString())
@@ -343,6 +343,7 @@ def measure_parity(
                 ref = ref_logits.numpy()
                 ref_mask = ref.argmax(axis=1).astype(np.uint8)
                 diff = np.abs(got["logits"].astype(np.float64) - ref)
+                scale = max(scale, float(np.abs(ref).max()))
                 max_err = max(max_err, float(diff.max()))
                 sum_err += float(diff.sum())
                 count += diff.size
@@ -352,6 +353,8 @@ def measure_parity(
     return {
         "max_abs_error": max_err,
         "mean_abs_error": sum_err / max(count, 1),
+        # the size of the logits themselves, so an absolute error can be read
+        "max_abs_logit": scale,
         "agreement": agree_sum / len(images),
         "worst_image_agreement": worst,
         "image_size": list(images.shape[1:3]),

@@ -69,7 +69,12 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default")
-    logging.captureWarnings(True)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings as one line on stderr, without the source line that Python would print."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @cli.command("models")
@@ -204,7 +209,7 @@ def build_cmd(
         f"built {bundle.path} in {time.perf_counter() - start:.1f}s: {model_name}, "
         f"{len(bundle.manifest.classes)} classes, {'x'.join(map(str, bundle.manifest.input.size))}, "
         f"{size / 1e6:.1f} MB; parity: agreement {parity['agreement']:.4%}, "
-        f"max abs logit error {parity['max_abs_error']:.2e}"
+        f"max abs logit error {parity['max_abs_error']:.2e} (logits up to {parity['max_abs_logit']:.3g})"
     )
 
 
@@ -261,7 +266,8 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         lines.append(
             f"parity      agreement {parity.get('agreement', float('nan')):.4%} "
             f"(worst image {parity.get('worst_image_agreement', float('nan')):.4%}), "
-            f"max abs logit error {parity.get('max_abs_error', float('nan')):.2e}, "
+            f"max abs logit error {parity.get('max_abs_error', float('nan')):.2e} "
+            f"(logits up to {parity.get('max_abs_logit', float('nan')):.3g}), "
             f"{parity.get('samples')} {parity.get('sample_source')} images, {parity.get('backend')}"
         )
     click.echo("\n".join(lines))

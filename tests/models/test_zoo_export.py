@@ -45,7 +45,19 @@ def _id(case: tuple[str, dict[str, Any], tuple[int, int]]) -> str:
     return name + "".join(f"-{k}={v}" for k, v in options.items() if k not in SMALL)
 
 
-def _model(name: str, options: dict[str, Any], num_classes: int = 5) -> torch.nn.Module:
+def _model(
+    name: str, options: dict[str, Any], num_classes: int = 5, size: tuple[int, int] = (64, 64)
+) -> torch.nn.Module:
+    """A zoo model in the state training leaves it: offsets and BN statistics that are not the init's.
+
+    Fresh BatchNorm layers (mean 0, var 1) let activations shrink or blow up
+    layer by layer, leaving logits near 0 (or huge), where an absolute error
+    bound says nothing. A few training-mode passes over generated scenes give
+    every BN real statistics, so logits are O(1) as in a trained network.
+    """
+    from converters.export import IMAGENET_MEAN, IMAGENET_STD
+    from converters.samples import synthetic_images
+
     torch.manual_seed(0)
     model = zoo.create_model(name, num_classes=num_classes, **options)
     offsets = [m for n, m in model.named_modules() if n.endswith("conv_offset")]
@@ -55,6 +67,22 @@ def _model(name: str, options: dict[str, Any], num_classes: int = 5) -> torch.nn
         for conv in offsets:  # non-zero offsets and masks, as after training
             conv.weight.normal_(0.0, 0.05)
             conv.bias.uniform_(-0.5, 0.5)
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over the passes
+        images = torch.from_numpy(synthetic_images(6, size, seed=1)).permute(0, 3, 1, 2).float() / 255
+        images = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        model.train()
+        for batch in images.split(2):
+            model(batch)
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                # Channels that six images leave (nearly) constant would divide by
+                # sqrt(1e-5) and amplify float32 rounding 300x per layer (50 layers of
+                # ResNet-50!): the model's own fp32-vs-fp64 error then exceeds 1e-4
+                # whatever runs it. Floored, the network is as well-conditioned as a trained one.
+                bn.running_var.clamp_(min=0.1)
     return model.eval()
 
 
