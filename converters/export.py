@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -86,6 +86,9 @@ class DeployWrapper(nn.Module):
     The model may return a tensor, or a dict with ``"out"`` (torchvision's
     segmentation models), or a tuple/list whose first item is the logits.
     """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, model: nn.Module, spec: ExportSpec) -> None:
         super().__init__()
@@ -232,7 +235,7 @@ def graph_ops(model: onnx.ModelProto) -> Sequence[str]:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():  # type: ignore[no-untyped-def]
+def _quiet_exporter() -> Iterator[None]:
     """The dynamo exporter prints progress to stdout; keep it for debug logging only."""
     buffer = io.StringIO()
     with warnings.catch_warnings():

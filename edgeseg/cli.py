@@ -87,7 +87,7 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
 
     from edgeseg import models as zoo
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in zoo.list_models():
         with torch.device("meta"):  # shapes only: no memory, no weight init work
             module = zoo.create_model(spec.name, num_classes=21)
@@ -115,8 +115,8 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
     click.echo(f"{'model':<12} {'params':>9} {'GFLOPs':>9}  {'size':>9}  options (defaults)")
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
-        size = "x".join(str(s) for s in r["input_size"])
-        click.echo(f"{r['name']:<12} {r['params'] / 1e6:>8.2f}M {r['gflops']:>9.2f}  {size:>9}  {opts}")
+        shown = "x".join(str(s) for s in r["input_size"])
+        click.echo(f"{r['name']:<12} {r['params'] / 1e6:>8.2f}M {r['gflops']:>9.2f}  {shown:>9}  {opts}")
         click.echo(f"{'':<12} {r['description']}")
     click.echo("GFLOPs for 21 classes, one RGB frame; deformable convs count as their plain convs.")
 

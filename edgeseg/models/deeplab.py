@@ -14,6 +14,7 @@ torchvision's ``mobilenet_v2().features`` / ``resnet50()`` under ``backbone.``.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -164,11 +165,11 @@ class MobileNetV2Backbone(nn.Module):
         features = mobilenet_v2(weights=None, width_mult=width).features
         self.features = nn.Sequential(*list(features.children())[:-1])
         if in_channels != 3:
-            stem = self.features[0]
-            stem[0] = _replace_first_conv(stem[0], in_channels)
+            stem = cast(nn.Sequential, self.features[0])
+            stem[0] = _replace_first_conv(cast(nn.Conv2d, stem[0]), in_channels)
         self._dilate(output_stride)
-        self.low_channels = int(self.features[self.low_index].out_channels)
-        self.high_channels = int(self.features[-1].out_channels)
+        self.low_channels = int(cast(InvertedResidual, self.features[self.low_index]).out_channels)
+        self.high_channels = int(cast(InvertedResidual, self.features[-1]).out_channels)
 
     def _dilate(self, output_stride: int) -> None:
         current_stride = 2  # the stem

@@ -107,7 +107,8 @@ class FCN(nn.Module):
         for layer in (self.score_pool4, self.score_pool3):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
         transposed = upsample == "transposed"
         self.upscore2 = (
             BilinearConvTranspose2d(num_classes, 2) if transposed and stride <= 16 else None

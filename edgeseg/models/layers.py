@@ -396,7 +396,8 @@ class ModulatedDeformConv2d(nn.Module):
             bound = 1.0 / fan_in**0.5 if fan_in > 0 else 0.0
             nn.init.uniform_(self.bias, -bound, bound)
         nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
+        if self.conv_offset.bias is not None:
+            nn.init.zeros_(self.conv_offset.bias)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, offset_groups: int = 1) -> ModulatedDeformConv2d:

@@ -9,6 +9,7 @@ convolutions in the bottleneck.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,7 @@ class Up(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, upsample: str, se: bool) -> None:
         super().__init__()
         self.mode = upsample
+        self.up: nn.Module
         if upsample == "transposed":
             self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
         else:
@@ -121,7 +123,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
         init_weights(self)
         if deformable:
-            make_deformable(self.downs[3][1])
+            make_deformable(cast(nn.Sequential, self.downs[3])[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes, H, W)`` for ``x`` ``(N, C, H, W)``, H and W multiples of 16."""

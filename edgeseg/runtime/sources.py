@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -52,9 +53,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             if img.mode in ("L", "1", "I;16", "I", "F"):
-                if img.mode != "L":
-                    img = img.convert("L")
-                return np.asarray(img, dtype=np.uint8)
+                return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as err:
         raise InputError(f"{path}: no such image file") from err
@@ -132,7 +131,7 @@ def _image_frame(index: int, file: Path) -> Frame:
         return Frame(index, file.stem, None, str(err))
 
 
-def import_cv2():  # type: ignore[no-untyped-def]
+def import_cv2() -> ModuleType:
     """Imports OpenCV or raises an error naming the extra that installs it."""
     try:
         import cv2

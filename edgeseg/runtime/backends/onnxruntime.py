@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from edgeseg.runtime.backends.base import Backend
 log = logging.getLogger(__name__)
 
 
-def _import_ort():  # type: ignore[no-untyped-def]
+def _import_ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as err:
