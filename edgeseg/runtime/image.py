@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from edgeseg.bundle import InputSpec
 from edgeseg.errors import InputError
 
 # ITU-R BT.601 luma, what Pillow's "L" conversion uses.
@@ -79,7 +80,7 @@ def resize_image(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return frame
     squeeze = frame.shape[2] == 1
     image = Image.fromarray(frame[:, :, 0] if squeeze else np.ascontiguousarray(frame))
-    resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    resized = np.array(image.resize((width, height), Image.Resampling.BILINEAR))  # writable
     return resized[:, :, None] if squeeze else resized
 
 
@@ -109,6 +110,21 @@ class NearestResizer:
             tables = (rows[:, None], cols[None, :])
             self._cache[key] = tables
         return mask[..., tables[0], tables[1]]
+
+
+def model_size(spec: InputSpec, frame_size: tuple[int, int]) -> tuple[int, int]:
+    """The size a frame of ``frame_size`` is resized to before inference."""
+    if spec.dynamic:
+        return round_to_multiple(frame_size, max(1, spec.multiple_of))
+    return spec.size
+
+
+def prepare(frame: object, spec: InputSpec, *, bgr: bool = False) -> np.ndarray:
+    """Checks a frame and returns the graph's (1, h, w, C) uint8 ``image`` input."""
+    checked = check_frame(frame)
+    image = to_channels(checked, spec.channels, bgr=bgr)
+    image = resize_image(image, model_size(spec, (checked.shape[0], checked.shape[1])))
+    return np.ascontiguousarray(image)[None]
 
 
 def round_to_multiple(size: tuple[int, int], multiple: int) -> tuple[int, int]:

@@ -14,13 +14,7 @@ import numpy as np
 from edgeseg.bundle import Bundle, Manifest
 from edgeseg.errors import BundleError, ConfigError
 from edgeseg.runtime.backends import Backend, create_backend, resolve_backend
-from edgeseg.runtime.image import (
-    NearestResizer,
-    check_frame,
-    resize_image,
-    round_to_multiple,
-    to_channels,
-)
+from edgeseg.runtime.image import NearestResizer, model_size, prepare
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +103,11 @@ class Segmenter:
 
     def model_size_for(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """The size a frame of ``frame_size`` is resized to before inference."""
-        spec = self.manifest.input
-        if spec.dynamic:
-            return round_to_multiple(frame_size, max(1, spec.multiple_of))
-        return spec.size
+        return model_size(self.manifest.input, frame_size)
 
     def preprocess(self, frame: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         """Checks a frame and returns the graph's (1, h, w, C) uint8 input."""
-        checked = check_frame(frame)
-        image = to_channels(checked, self.manifest.input.channels, bgr=bgr)
-        image = resize_image(image, self.model_size_for(checked.shape[:2]))
-        return np.ascontiguousarray(image)[None]
+        return prepare(frame, self.manifest.input, bgr=bgr)
 
     def __call__(self, frame: np.ndarray, *, bgr: bool = False) -> SegmentationResult:
         """Segments one frame.
