@@ -46,7 +46,7 @@ from edgeseg.bundle import (
     write_bundle,
 )
 from edgeseg.errors import BundleExistsError, ConfigError, ParityError
-from edgeseg.metrics import agreement
+from edgeseg.parity import Accumulator
 from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -331,34 +331,20 @@ def measure_parity(
         the worst image), and the images' size.
     """
     wrapper = DeployWrapper(module, spec).eval()
-    max_err, sum_err, count, agree_sum, worst, scale = 0.0, 0.0, 0, 0.0, 1.0, 0.0
+    acc = Accumulator()
     with tempfile.TemporaryDirectory(prefix="edgeseg-parity-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(graph.SerializeToString())
         with OnnxRuntimeBackend(path) as backend, torch.no_grad():
-            for image in images:
+            for i, image in enumerate(images):
                 batch = np.ascontiguousarray(image[None])
                 got = backend.infer({"image": batch}, ["mask", "logits"])
-                _, _, ref_logits = wrapper(torch.from_numpy(batch))
-                ref = ref_logits.numpy()
-                ref_mask = ref.argmax(axis=1).astype(np.uint8)
-                diff = np.abs(got["logits"].astype(np.float64) - ref)
-                scale = max(scale, float(np.abs(ref).max()))
-                max_err = max(max_err, float(diff.max()))
-                sum_err += float(diff.sum())
-                count += diff.size
-                a = agreement(got["mask"], ref_mask)
-                agree_sum += a
-                worst = min(worst, a)
-    return {
-        "max_abs_error": max_err,
-        "mean_abs_error": sum_err / max(count, 1),
-        # the size of the logits themselves, so an absolute error can be read
-        "max_abs_logit": scale,
-        "agreement": agree_sum / len(images),
-        "worst_image_agreement": worst,
-        "image_size": list(images.shape[1:3]),
-    }
+                ref_mask, _, ref_logits = wrapper(torch.from_numpy(batch))
+                acc.update(
+                    f"sample_{i}", image, ref_logits[0].numpy(), ref_mask[0].numpy(),
+                    got["logits"][0], got["mask"][0],
+                )
+    return {**acc.figures(), "image_size": list(images.shape[1:3])}
 
 
 def _parity_images(

@@ -397,6 +397,81 @@ class _OverlayWriter:
             self._video = None
 
 
+@cli.command("parity")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of images.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Folder of label images, matched to the images by name.")
+@click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
+              show_default=True)
+@click.option("--ignore-index", type=int, default=None, help="Label value left out of mIoU (e.g. 11 for CamVid void).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Weights of the PyTorch reference (zoo bundles).")
+@click.option("--factory", default=None, metavar="MODULE:CALLABLE",
+              help="Builds the PyTorch reference of a bundle made from your own module.")
+@click.option("--precision", "precisions", multiple=True, help="Graph(s) to compare [default: all].")
+@click.option("--limit", type=int, default=None, help="Compare at most this many images.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write an HTML report (index.html + PNGs) here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON.")
+@click.option("--min-agreement", type=float, default=None, help="Fail under this pixel agreement (fraction).")
+@click.option("--max-miou-drop", type=float, default=None, help="Fail over this mIoU drop, in points (needs --labels).")
+@click.option("--max-abs-error", type=float, default=None, help="Fail over this max absolute logit error.")
+def parity_cmd(
+    bundle: Path,
+    images: Path,
+    labels: Path | None,
+    label_format: str,
+    ignore_index: int | None,
+    weights: Path | None,
+    factory: str | None,
+    precisions: tuple[str, ...],
+    limit: int | None,
+    report_dir: Path | None,
+    json_path: Path | None,
+    min_agreement: float | None,
+    max_miou_drop: float | None,
+    max_abs_error: float | None,
+) -> None:
+    """Compare a bundle's graphs with the PyTorch model on real images; exit 1 when they drift."""
+    from edgeseg._lazy import import_build_module
+
+    import_build_module()  # torch is needed for the reference: name the extra if it is missing
+    from edgeseg.bundle import Bundle
+    from edgeseg.parity import compare, reference_model
+
+    loaded = Bundle.load(bundle)
+    if max_miou_drop is not None and labels is None:
+        raise ConfigError("--max-miou-drop needs --labels")
+    model, described, notes = reference_model(loaded.manifest, weights=weights, factory=factory)
+    with click.progressbar(length=0, label="comparing", file=sys.stderr, show_pos=True) as bar:
+        def progress(done: int, total: int | None) -> None:
+            if total and not bar.length:
+                bar.length = total
+            bar.update(1)
+
+        report = compare(
+            loaded, model, images, labels=labels, label_format=label_format, ignore_index=ignore_index,
+            precisions=list(precisions) or None, reference=described, limit=limit, progress=progress,
+        )
+    report.notes[:0] = notes
+    report.check(min_agreement=min_agreement, max_miou_drop=max_miou_drop, max_abs_error=max_abs_error)
+    click.echo(report.table())
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    if report_dir is not None:
+        from edgeseg.report import write_report
+
+        page = write_report(report, report_dir, np.asarray(loaded.manifest.palette, dtype=np.uint8))
+        click.echo(f"report: {page}")
+    if not report.passed:
+        for failure in report.failures:
+            click.echo(f"parity failed: {failure}", err=True)
+        sys.exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edgeseg")

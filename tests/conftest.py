@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["pytester"]  # tests of our own pytest fixture
+
 SHARED_DATA = Path(os.environ.get("EDGESEG_DATA", REPO.parent / "shared" / "data"))
 
 
