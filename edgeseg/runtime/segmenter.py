@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,10 @@ from edgeseg.bundle import Bundle, Manifest
 from edgeseg.errors import BundleError, ConfigError
 from edgeseg.runtime.backends import Backend, create_backend, resolve_backend
 from edgeseg.runtime.image import NearestResizer, model_size, prepare
+from edgeseg.runtime.profiling import Profiler, ProfileSummary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgeseg.runtime.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Segmenter:
         outputs: extra outputs to return besides ``mask``: any of ``probs``,
             ``logits`` that the bundle has. Default: none (masks only, least copying).
         verify: check the bundle's checksums on load.
+        profile_window: how many recent frames ``profile()`` summarises.
         **backend_options: passed to the backend (e.g. ``threads=2``).
 
     Example:
@@ -63,6 +68,7 @@ class Segmenter:
         precision: str | None = None,
         outputs: tuple[str, ...] | list[str] = (),
         verify: bool = True,
+        profile_window: int = 1000,
         **backend_options: Any,
     ) -> None:
         self.bundle = Bundle.load(path, verify=verify)
@@ -83,6 +89,8 @@ class Segmenter:
             self.close()
             raise BundleError(f"{graph} has no input named 'image' (inputs: {self._backend.input_names})")
         self._resize_mask = NearestResizer()
+        self.profiler = Profiler(window=profile_window)
+        self._frames = 0
 
     @property
     def manifest(self) -> Manifest:
@@ -136,7 +144,58 @@ class Segmenter:
             "postprocess": (t3 - t2) * 1e3,
             "total": (t3 - t0) * 1e3,
         }
+        self.profiler.record_stages(
+            self._frames, {"preprocess": (t0, t1), "infer": (t1, t2), "postprocess": (t2, t3)}, end=t3
+        )
+        self._frames += 1
         return SegmentationResult(mask=mask, probs=probs, logits=logits, timings=timings)
+
+    def stream(
+        self,
+        source: Any,
+        *,
+        drop: str | None = None,
+        queue_size: int = 2,
+        bgr: bool = False,
+        keep_frames: bool = False,
+        outputs: tuple[str, ...] | list[str] = (),
+        retries: int = 3,
+        max_frames: int | None = None,
+    ) -> Stream:
+        """Segments a stream of frames with concurrent stages (see :mod:`edgeseg.runtime.stream`).
+
+        Args:
+            source: a camera index or ``/dev/videoN``, a GStreamer pipeline
+                string (``... ! appsink``), a video file, an image folder
+                (sorted by name), or any iterable of frames.
+            drop: ``"oldest"`` always serves the newest frame and counts the
+                dropped ones (default for cameras); ``"none"`` processes every
+                frame (default for files, folders and iterables).
+            queue_size: frames each stage may hold waiting.
+            bgr: frames are BGR (an iterable of OpenCV frames).
+            keep_frames: put the captured frame on each result.
+            outputs: extra outputs (``probs``) the bundle has.
+            retries: how often a camera that stops delivering is reopened.
+            max_frames: stop after this many captured frames.
+
+        Returns:
+            A :class:`~edgeseg.runtime.stream.Stream`: iterate it for results;
+            use it in ``with`` (or break out of the loop) to stop it.
+        """
+        from edgeseg.runtime.stream import Stream
+
+        extra = [o for o in outputs if o != "mask"]
+        missing = [o for o in extra if o not in self.manifest.outputs]
+        if missing:
+            raise ConfigError(f"bundle {self.bundle.path} has no output {', '.join(missing)}")
+        return Stream(
+            self, source, drop=drop, queue_size=queue_size, bgr=bgr, keep_frames=keep_frames,
+            outputs=extra, retries=retries, max_frames=max_frames,
+        )
+
+    def profile(self) -> ProfileSummary:
+        """Latency percentiles per stage and end to end over the recent frames (``str()`` is a table)."""
+        return self.profiler.summary()
 
     def _require_open(self) -> Backend:
         if self._backend is None:

@@ -38,6 +38,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Releases the backend's resources; calling it again does nothing."""
 
+    def end_profiling(self) -> str | None:
+        """Stops per-layer profiling and returns the profile file, where the backend has one."""
+        return None
+
     @property
     def description(self) -> str:
         """A short human-readable description (device, provider)."""

@@ -1,0 +1,194 @@
+"""Streaming: ordering, drops, bad frames, dying sources, prompt shutdown, no leaked threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgeseg
+from edgeseg.errors import ConfigError, SourceError
+from edgeseg.runtime import stream as stream_mod
+from edgeseg.runtime.stream import open_source
+
+
+def _stream_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("edgeseg-")]
+
+
+@pytest.fixture
+def seg(tiny_bundle: Path) -> Iterator[edgeseg.Segmenter]:
+    with edgeseg.Segmenter(tiny_bundle, threads=1) as s:
+        yield s
+    assert _stream_threads() == []
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (48, 80, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_iterable_every_frame_in_order_and_equal_to_single_calls(seg: edgeseg.Segmenter) -> None:
+    frames = _frames(12)
+    with seg.stream(frames) as s:
+        assert s.drop == "none"  # iterables default to processing everything
+        results = list(s)
+    assert [r.frame_index for r in results] == list(range(12))
+    for r, frame in zip(results, frames, strict=True):
+        assert r.error is None and r.dropped == 0
+        np.testing.assert_array_equal(r.mask, seg(frame).mask)
+        assert set(r.timings) == {"capture", "preprocess", "infer", "postprocess"}
+        assert r.latency_ms >= r.timings["infer"] > 0
+    assert s.end_reason and "end of iterable" in s.end_reason and not s.failed
+
+
+def test_folder_source_reports_bad_frame_and_goes_on(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
+    for i, frame in enumerate(_frames(4)):
+        Image.fromarray(frame).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "02.png").write_bytes(b"broken")
+    results = list(seg.stream(tmp_path, keep_frames=True))
+    assert [r.frame_index for r in results] == [0, 1, 2, 3]
+    assert results[2].error is not None and "02.png" in results[2].error and results[2].mask is None
+    assert all(r.mask is not None and r.frame is not None for i, r in enumerate(results) if i != 2)
+
+
+def test_bad_frame_from_an_iterable(seg: edgeseg.Segmenter) -> None:
+    frames: list[object] = _frames(3)
+    frames.insert(1, np.zeros((48, 80, 3), np.float32))
+    results = list(seg.stream(frames))
+    assert len(results) == 4
+    assert results[1].error is not None and "frame 1" in results[1].error and "uint8" in results[1].error
+    assert [r.error is None for r in results] == [True, False, True, True]
+
+
+def test_drop_oldest_keeps_latency_bounded_with_a_slow_consumer(seg: edgeseg.Segmenter) -> None:
+    frame = _frames(1)[0]
+
+    def camera() -> Iterator[np.ndarray]:  # a live source: a frame every 5 ms
+        while True:
+            time.sleep(0.005)
+            yield frame
+
+    latencies, indices = [], []
+    with seg.stream(camera(), drop="oldest", max_frames=400) as s:
+        for r in s:
+            time.sleep(0.03)  # the robot's slow control loop
+            latencies.append(r.latency_ms)
+            indices.append(r.frame_index)
+    assert s.dropped > 100 and indices == sorted(indices)
+    assert len(indices) + s.dropped == 400
+    # bounded: a handful of queued frames at most, not the whole backlog (400 x 5 ms)
+    assert np.percentile(latencies, 99) < 600
+
+
+def test_drop_none_processes_every_frame_with_a_slow_consumer(seg: edgeseg.Segmenter) -> None:
+    results = []
+    for r in seg.stream(_frames(15), drop="none"):
+        time.sleep(0.01)
+        results.append(r)
+    assert [r.frame_index for r in results] == list(range(15)) and results[-1].dropped == 0
+
+
+def test_dying_source_ends_with_its_reason(seg: edgeseg.Segmenter) -> None:
+    frames = _frames(5)
+
+    def flaky() -> Iterator[np.ndarray]:
+        yield from frames
+        raise SourceError("camera 0: cable unplugged")
+
+    with seg.stream(flaky()) as s:
+        results = list(s)
+    assert len(results) == 5  # what was captured is still delivered
+    assert s.failed and s.end_reason == "camera 0: cable unplugged"
+
+
+def test_break_stops_every_thread_promptly(seg: edgeseg.Segmenter) -> None:
+    def endless() -> Iterator[np.ndarray]:
+        frame = _frames(1)[0]
+        while True:
+            yield frame
+
+    start = time.perf_counter()
+    for r in seg.stream(endless(), drop="oldest"):
+        if r.frame_index >= 3:
+            break
+    deadline = time.perf_counter() + 2.0
+    while _stream_threads() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert _stream_threads() == []
+    assert time.perf_counter() - start < 5.0
+
+
+def test_stage_crash_ends_the_stream_instead_of_hanging(seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = seg._require_open()
+
+    def broken(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(backend, "infer", broken)
+    with seg.stream(_frames(5)) as s:
+        results = list(s)
+    assert results == [] and s.failed and "infer stage failed: RuntimeError: device lost" in (s.end_reason or "")
+
+
+def test_profile_has_every_stage(seg: edgeseg.Segmenter) -> None:
+    list(seg.stream(_frames(6)))
+    summary = seg.profile()
+    assert summary.frames == 6
+    assert {"capture", "preprocess", "infer", "postprocess"} <= set(summary.stages)
+    assert summary.end_to_end.p50 >= summary.stages["infer"].p50
+    assert "infer" in summary.table()
+
+
+class _FakeCapture:
+    """cv2.VideoCapture stand-in: delivers ``good`` frames, then fails every read."""
+
+    opened: list[object] = []
+
+    def __init__(self, target: object, *args: object) -> None:
+        self.target, self.args = target, args
+        self.reads = 0
+        _FakeCapture.opened.append(target)
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.reads += 1
+        if len(_FakeCapture.opened) == 1 and self.reads <= 2:
+            return True, np.zeros((8, 8, 3), np.uint8)
+        return False, None
+
+    def release(self) -> None:
+        pass
+
+
+def test_camera_retries_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2 = pytest.importorskip("cv2", reason="camera sources need opencv-python-headless (video extra)")
+    _FakeCapture.opened = []
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCapture)
+    source = stream_mod._CaptureSource(0, live=True, retries=2, retry_delay_s=0.001)
+    assert source.read()[0] is not None and source.read()[0] is not None
+    with pytest.raises(SourceError, match="camera 0: no frame after 2 retries"):
+        source.read()
+    assert len(_FakeCapture.opened) == 3  # opened once, reopened twice
+    gst = open_source("videotestsrc ! videoconvert ! appsink")
+    assert gst.live and "GStreamer pipeline" in gst.description
+    assert _FakeCapture.opened[-1] == "videotestsrc ! videoconvert ! appsink"
+    assert open_source("/dev/video0").live
+
+
+def test_bad_sources_and_options(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        seg.stream(tmp_path / "missing.mp4")
+    with pytest.raises(ConfigError, match="drop must be one of oldest, none"):
+        seg.stream(_frames(1), drop="newest")
+    with pytest.raises(ConfigError, match="queue_size must be >= 1"):
+        seg.stream(_frames(1), queue_size=0)
+    with pytest.raises(ConfigError, match="source must be"):
+        seg.stream(3.5)
