@@ -397,6 +397,88 @@ class _OverlayWriter:
             self._video = None
 
 
+@cli.command("profile")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--source", default=None,
+              help="Image, folder, video, camera index or GStreamer pipeline [default: generated frames].")
+@click.option("--frames", type=int, default=100, show_default=True, help="Frames to measure.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Frames run first and not counted.")
+@click.option("--layers/--no-layers", default=False, show_default=True,
+              help="Also time every layer (ONNX Runtime's profiler; adds a little overhead).")
+@click.option("--top", type=int, default=10, show_default=True, help="Slowest layers to list.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the summary as JSON.")
+@click.option("--trace", type=click.Path(path_type=Path), default=None,
+              help="Write a Chrome/Perfetto trace of every frame's stages.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG: latency histogram and per-frame timeline (needs matplotlib).")
+@click.option("--backend", default="auto", show_default=True)
+def profile_cmd(
+    bundle: Path, source: str | None, frames: int, warmup: int, layers: bool, top: int,
+    json_path: Path | None, trace: Path | None, plot: Path | None, backend: str,
+) -> None:
+    """Measure latency per stage through the streaming pipeline (p50/p90/p99, fps, jitter)."""
+    import tempfile
+
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.profiling import (
+        layer_timings_from_onnxruntime,
+        layers_table,
+        write_chrome_trace,
+        write_json,
+    )
+    from edgeseg.runtime.profiling import plot as plot_timings
+
+    if frames < 1 or warmup < 0:
+        raise ConfigError(f"--frames must be >= 1 and --warmup >= 0, got {frames} and {warmup}")
+    with tempfile.TemporaryDirectory(prefix="edgeseg-profile-") as tmp:
+        options: dict[str, Any] = {"profile_dir": tmp} if layers else {}
+        with Segmenter(bundle, backend=backend, **options) as seg:
+            feed = _profile_source(source, seg, frames + warmup)
+            with click.progressbar(length=frames + warmup, label="profiling", file=sys.stderr, show_pos=True) as bar:
+                with seg.stream(feed, drop="none", max_frames=frames + warmup) as stream:
+                    for result in stream:
+                        bar.update(1)
+                        if result.frame_index == warmup - 1:
+                            seg.profiler.reset()  # warm-up frames are not measured
+                        if result.error:
+                            click.echo(f"skipped: {result.error}", err=True)
+            if stream.failed:
+                raise SourceError(f"profiling stopped: {stream.end_reason}")
+            summary = seg.profile()
+            timings = seg.profiler.timings()
+            layer_list = None
+            if layers:
+                path = seg._require_open().end_profiling()
+                layer_list = layer_timings_from_onnxruntime(path) if path else None
+    click.echo(f"{bundle} on {seg.backend_name}: {summary.frames} frames after {warmup} warm-up")
+    click.echo(summary.table())
+    if layer_list:
+        click.echo("")
+        click.echo(layers_table(layer_list, top))
+    if json_path is not None:
+        write_json(summary, json_path, layers=layer_list)
+    if trace is not None:
+        write_chrome_trace(timings, trace)
+    if plot is not None:
+        plot_timings(timings, plot, title=f"{bundle.name}: {summary.frames} frames")
+
+
+def _profile_source(source: str | None, seg: Any, n: int) -> Any:
+    """The stream's source: what the user named, repeated if it is a single image; else generated frames."""
+    from edgeseg.runtime.sources import IMAGE_SUFFIXES, read_image
+
+    if source is None:
+        h, w = seg.input_size
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(4)]
+        return (frames[i % 4] for i in range(n))
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        image = read_image(path)
+        return (image for _ in range(n))
+    return source
+
+
 @cli.command("parity")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of images.")
