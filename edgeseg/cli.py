@@ -312,11 +312,12 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
                     if masks is not None:
                         _write_png(masks / f"{frame.name}.png", result.mask)
                     if writer is not None:
-                        writer.write(frame.name, frame.image, result.mask, seg.palette)
+                        writer.write(frame.name, frame.image, result.mask, seg.palette, seg.classes)
                     done += 1
         finally:
             if writer is not None:
                 writer.close()
+        profile = seg.profile()
     for line in bad:
         click.echo(f"skipped {line}", err=True)
     if done == 0:
@@ -331,6 +332,7 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
     if overlay is not None:
         summary += f"; overlay {overlay}"
     click.echo(summary)
+    click.echo(profile.table())
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -366,10 +368,12 @@ class _OverlayWriter:
             target.mkdir(parents=True, exist_ok=True)
         self._video: Any = None
 
-    def write(self, name: str, frame: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> None:
-        from edgeseg.runtime.overlay import overlay
+    def write(
+        self, name: str, frame: np.ndarray, mask: np.ndarray, palette: np.ndarray, classes: tuple[str, ...]
+    ) -> None:
+        from edgeseg.runtime.overlay import draw_legend, overlay
 
-        blended = overlay(frame, mask, palette, self.alpha)
+        blended = draw_legend(overlay(frame, mask, palette, self.alpha), mask, classes, palette)
         if self.mode == "image":
             _write_png(self.target, blended)
         elif self.mode == "folder":

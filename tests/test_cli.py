@@ -162,3 +162,20 @@ def test_tampered_bundle_is_refused(cli_bundle: Path, tmp_path: Path) -> None:
 def test_existing_bundle_needs_force(cli_bundle: Path) -> None:
     proc = edgeseg_cli("build", "--model", "unet", "--out", str(cli_bundle), "-o", "base_channels=8", "--input-size", "64x64")
     assert_one_line_error(proc, "already exists; pass overwrite=True (--force)")
+
+
+def test_profile_command(cli_bundle: Path, frames: Path, tmp_path: Path) -> None:
+    proc = edgeseg_cli("profile", str(cli_bundle), "--source", str(frames / "f0.png"), "--frames", "8",
+                       "--warmup", "2", "--layers", "--top", "3", "--json", str(tmp_path / "p.json"),
+                       "--trace", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "8 frames after 2 warm-up" in proc.stdout
+    for stage in ("capture", "preprocess", "infer", "postprocess", "end-to-end"):
+        assert stage in proc.stdout
+    assert "share" in proc.stdout and "more layers" in proc.stdout  # the per-layer table, top 3
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["frames"] == 8 and data["stages"]["infer"]["p50"] > 0 and len(data["layers"]) > 3
+    trace = json.loads((tmp_path / "t.json").read_text())
+    assert sum(1 for e in trace["traceEvents"] if e["ph"] == "X") == 8 * 4
+    bad = edgeseg_cli("profile", str(cli_bundle), "--frames", "0")
+    assert_one_line_error(bad, "--frames must be >= 1")

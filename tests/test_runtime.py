@@ -149,3 +149,21 @@ def test_altered_bundle_refused_by_segmenter(tiny_bundle: Path, tmp_path: Path) 
         fh.write(b"\0")
     with pytest.raises(BundleError, match="model.onnx has .* bytes, the manifest says"):
         edgeseg.Segmenter(copy)
+
+
+def test_overlay_and_legend() -> None:
+    from edgeseg.runtime.overlay import colorize, draw_legend, overlay
+
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    mask = np.zeros((60, 120), np.uint8)
+    mask[:, 60:] = 2
+    frame = np.full((60, 120, 3), 100, np.uint8)
+    np.testing.assert_array_equal(colorize(mask, palette)[0, 100], [0, 255, 0])
+    blended = overlay(frame, mask, palette, 0.5)
+    np.testing.assert_array_equal(blended[0, 100], [50, 178, 50])  # half frame, half green
+    with_legend = draw_legend(blended, mask, ("void", "car", "tree"), palette)
+    assert with_legend.shape == blended.shape
+    assert not np.array_equal(with_legend[:30, :60], blended[:30, :60])  # legend drawn top-left
+    np.testing.assert_array_equal(with_legend[40:, 80:], blended[40:, 80:])  # the rest untouched
+    with pytest.raises(InputError, match="differ in size"):
+        overlay(frame, mask[:10], palette)

@@ -161,6 +161,7 @@ class Segmenter:
         outputs: tuple[str, ...] | list[str] = (),
         retries: int = 3,
         max_frames: int | None = None,
+        nice: int = 10,
     ) -> Stream:
         """Segments a stream of frames with concurrent stages (see :mod:`edgeseg.runtime.stream`).
 
@@ -177,6 +178,8 @@ class Segmenter:
             outputs: extra outputs (``probs``) the bundle has.
             retries: how often a camera that stops delivering is reopened.
             max_frames: stop after this many captured frames.
+            nice: how much lower the capture/pre/post threads are scheduled
+                than inference (Linux nice steps; 0 = the same priority).
 
         Returns:
             A :class:`~edgeseg.runtime.stream.Stream`: iterate it for results;
@@ -190,7 +193,7 @@ class Segmenter:
             raise ConfigError(f"bundle {self.bundle.path} has no output {', '.join(missing)}")
         return Stream(
             self, source, drop=drop, queue_size=queue_size, bgr=bgr, keep_frames=keep_frames,
-            outputs=extra, retries=retries, max_frames=max_frames,
+            outputs=extra, retries=retries, max_frames=max_frames, nice=nice,
         )
 
     def profile(self) -> ProfileSummary:
