@@ -9,7 +9,8 @@ uses the same model at --soak-size so that 5,000 frames fit in minutes.
 Measured side by side in one process, medians:
 1. each stage alone (capture = PNG decode, preprocess, infer, postprocess):
    the slowest stage bounds the pipeline's rate; their sum is the sequential rate;
-2. the pipeline's throughput with drop="none" over the sequence;
+2. the pipeline's throughput with drop="none" over the sequence (median of
+   --passes, alternated with a pass whose light stages run at nice 10);
 3. runtime overhead per frame: everything the runtime does besides the
    backend's inference (preprocess + postprocess), as a share of inference;
 4. resident memory and threads over --soak-frames frames after warm-up;
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--soak-frames", type=int, default=5000)
     parser.add_argument("--soak-size", type=int, default=128)
+    parser.add_argument("--passes", type=int, default=3, help="pipeline passes (median)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -109,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         sequential_fps = 1e3 / sum(stages.values())
         # 2. the pipeline, every frame; also with the light stages at inference's priority
         list(seg.stream(files[:5]))  # warm-up
-        fps_by_nice = {}
-        for nice in (0, 10):
-            t = time.perf_counter()
-            n = sum(1 for r in seg.stream(val, max_frames=len(files), nice=nice) if r.error is None)
-            fps_by_nice[nice] = n / (time.perf_counter() - t)
-        pipeline_fps = fps_by_nice[10]
+        runs: dict[int, list[float]] = {0: [], 10: []}
+        for _ in range(args.passes):  # alternated, so the machine's noise falls on both alike
+            for nice in runs:
+                t = time.perf_counter()
+                n = sum(1 for r in seg.stream(val, max_frames=len(files), nice=nice) if r.error is None)
+                runs[nice].append(n / (time.perf_counter() - t))
+        fps_by_nice = {nice: statistics.median(v) for nice, v in runs.items()}
+        pipeline_fps = fps_by_nice[0]
         # 3. overhead per frame: what the runtime adds around inference
         overhead_share = (stages["preprocess"] + stages["postprocess"]) / stages["infer"]
         result["stages_ms"] = stages
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_bound": pipeline_fps / bound_fps,
             "target_ratio_to_bound": 0.9,
             "above_sequential": pipeline_fps > sequential_fps,
-            "pipeline_fps_same_priority": fps_by_nice[0],
+            "pipeline_fps_runs": runs[0],
+            "pipeline_fps_light_stages_nice10": fps_by_nice[10],
         }
         result["overhead"] = {"share_of_inference": overhead_share, "target": 0.05}
 
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} alone (median) | {ms:.1f} ms | |")
     print(f"| pipeline throughput | {tp['pipeline_fps']:.2f} fps | >= 0.9 x {tp['slowest_stage_bound_fps']:.2f} "
           f"(ratio {tp['ratio_to_bound']:.2f}), > sequential {tp['sequential_fps']:.2f} |")
-    print(f"| pipeline, light stages at inference's priority | {tp['pipeline_fps_same_priority']:.2f} fps | (comparison) |")
+    print(f"| pipeline, light stages at nice 10 | {tp['pipeline_fps_light_stages_nice10']:.2f} fps | (comparison) |")
     print(f"| runtime overhead | {100 * ov['share_of_inference']:.2f} % of inference | <= 5 % |")
     print(f"| RSS growth over {so['frames']} frames | {100 * so['growth']:.2f} % ({so['rss_after_warmup_mb']:.0f} -> "
           f"{so['rss_end_mb']:.0f} MB) | < 2 % |")

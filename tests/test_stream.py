@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -192,3 +193,25 @@ def test_bad_sources_and_options(seg: edgeseg.Segmenter, tmp_path: Path) -> None
         seg.stream(_frames(1), queue_size=0)
     with pytest.raises(ConfigError, match="source must be"):
         seg.stream(3.5)
+
+
+def test_lower_priority_applies_to_the_calling_thread_only() -> None:
+    if not hasattr(os, "getpriority"):
+        pytest.skip("thread priorities are a POSIX feature")
+    seen: dict[str, int] = {}
+
+    def worker() -> None:
+        stream_mod._lower_priority(5)
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["worker"] == min(base + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_stream_with_nice_still_delivers(seg: edgeseg.Segmenter) -> None:
+    results = list(seg.stream(_frames(4), nice=5))
+    assert [r.frame_index for r in results] == [0, 1, 2, 3]

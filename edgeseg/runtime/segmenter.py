@@ -161,7 +161,7 @@ class Segmenter:
         outputs: tuple[str, ...] | list[str] = (),
         retries: int = 3,
         max_frames: int | None = None,
-        nice: int = 10,
+        nice: int = 0,
     ) -> Stream:
         """Segments a stream of frames with concurrent stages (see :mod:`edgeseg.runtime.stream`).
 
@@ -178,8 +178,9 @@ class Segmenter:
             outputs: extra outputs (``probs``) the bundle has.
             retries: how often a camera that stops delivering is reopened.
             max_frames: stop after this many captured frames.
-            nice: how much lower the capture/pre/post threads are scheduled
-                than inference (Linux nice steps; 0 = the same priority).
+            nice: run the capture/pre/post threads this many Linux nice steps
+                below inference (0, the default: the same priority). Measured on
+                2 cores it changed throughput by less than the run-to-run noise.
 
         Returns:
             A :class:`~edgeseg.runtime.stream.Stream`: iterate it for results;

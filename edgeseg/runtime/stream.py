@@ -229,9 +229,9 @@ class _CaptureSource(FrameSource):
 def _lower_priority(nice: int) -> None:
     """Lowers the calling thread's scheduling priority (Linux: threads are tasks with their own nice value).
 
-    Inference uses every core; the light stages (decode, resize, copy) then run
-    in the gaps between its parallel sections instead of stretching them, so
-    the pipeline's rate approaches inference's own. A no-op where unsupported.
+    Meant for machines where the light stages (decode, resize, copy) would
+    stretch inference's parallel sections; they then run in its gaps. A no-op
+    for ``nice <= 0`` or where unsupported.
     """
     if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
         return
@@ -296,7 +296,7 @@ class Stream:
         outputs: Iterable[str] = (),
         retries: int = 3,
         max_frames: int | None = None,
-        nice: int = 10,
+        nice: int = 0,
     ) -> None:
         if queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
