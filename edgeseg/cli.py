@@ -287,7 +287,7 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str) -> None:
     """Segment an image, a folder of images or a video with a bundle."""
     from edgeseg.runtime import Segmenter
-    from edgeseg.runtime.sources import count_frames, iter_frames, source_kind
+    from edgeseg.runtime.sources import count_frames, source_kind
 
     kind = source_kind(source)
     total = count_frames(source)
@@ -300,19 +300,19 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
     with Segmenter(bundle, backend=backend) as seg:
         try:
             with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
-                                   show_pos=True) as bar:
-                for frame in iter_frames(source):
+                                   show_pos=True) as bar, \
+                    seg.stream(source, drop="none", keep_frames=True) as stream:
+                for result in stream:
                     bar.update(1)
-                    if frame.image is None:
-                        bad.append(f"{frame.name}: {frame.error}")
+                    if result.error is not None or result.mask is None or result.frame is None:
+                        bad.append(f"{result.name}: {result.error}")
                         continue
-                    result = seg(frame.image)
                     infer_ms.append(result.timings["infer"])
-                    total_ms.append(result.timings["total"])
+                    total_ms.append(result.latency_ms)
                     if masks is not None:
-                        _write_png(masks / f"{frame.name}.png", result.mask)
+                        _write_png(masks / f"{result.name}.png", result.mask)
                     if writer is not None:
-                        writer.write(frame.name, frame.image, result.mask, seg.palette, seg.classes)
+                        writer.write(result.name, result.frame, result.mask, seg.palette, seg.classes)
                     done += 1
         finally:
             if writer is not None:
@@ -325,7 +325,7 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
     summary = (
         f"segmented {done} frame(s) from {source}"
         + (f", skipped {len(bad)} unreadable" if bad else "")
-        + f"; latency median {np.median(total_ms):.1f} ms (inference {np.median(infer_ms):.1f} ms)"
+        + f"; end-to-end latency median {np.median(total_ms):.1f} ms (inference {np.median(infer_ms):.1f} ms)"
     )
     if masks is not None:
         summary += f"; masks in {masks}"
@@ -333,6 +333,8 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
         summary += f"; overlay {overlay}"
     click.echo(summary)
     click.echo(profile.table())
+    if stream.failed:  # what was segmented is written; the exit code says the source broke
+        raise SourceError(f"source {source} ended early: {stream.end_reason}")
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

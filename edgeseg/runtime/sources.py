@@ -1,16 +1,13 @@
-"""Frame sources: an image file, a folder of images, a video file.
+"""Reading frames from files: images, folders of images, videos (OpenCV).
 
-Each source yields :class:`Frame` items in order. A frame that cannot be
-decoded is yielded with its ``error`` set instead of stopping the source, so
-the caller can report it and go on.
+The streaming sources built on these (cameras, pipelines, iterables) live in
+:mod:`edgeseg.runtime.stream`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -23,23 +20,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"})
-
-
-@dataclass
-class Frame:
-    """One item of a source.
-
-    Attributes:
-        index: position in the source, from 0.
-        name: file stem (images) or ``frame_000042`` (videos), for output names.
-        image: (H, W, 3) RGB or (H, W) grayscale uint8, or None if ``error``.
-        error: why the frame could not be read, or None.
-    """
-
-    index: int
-    name: str
-    image: np.ndarray | None
-    error: str | None = None
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -86,28 +66,6 @@ def source_kind(source: str | os.PathLike[str]) -> str:
     )
 
 
-def iter_frames(source: str | os.PathLike[str]) -> Iterator[Frame]:
-    """Yields the frames of an image file, an image folder or a video file.
-
-    Raises:
-        SourceError: the source does not exist, has no images, or cannot be opened.
-    """
-    kind = source_kind(source)
-    path = Path(source)
-    if kind == "image":
-        yield _image_frame(0, path)
-    elif kind == "folder":
-        files = list_images(path)
-        if not files:
-            raise SourceError(
-                f"source folder {path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
-        for index, file in enumerate(files):
-            yield _image_frame(index, file)
-    else:
-        yield from _video_frames(path)
-
-
 def count_frames(source: str | os.PathLike[str]) -> int | None:
     """Number of frames a source will yield, when known up front."""
     kind = source_kind(source)
@@ -124,13 +82,6 @@ def count_frames(source: str | os.PathLike[str]) -> int | None:
     return n if n > 0 else None
 
 
-def _image_frame(index: int, file: Path) -> Frame:
-    try:
-        return Frame(index, file.stem, read_image(file))
-    except InputError as err:
-        return Frame(index, file.stem, None, str(err))
-
-
 def import_cv2() -> ModuleType:
     """Imports OpenCV or raises an error naming the extra that installs it."""
     try:
@@ -140,23 +91,3 @@ def import_cv2() -> ModuleType:
             "video files need OpenCV: pip install 'edgeseg[video]' (opencv-python-headless)"
         ) from err
     return cv2
-
-
-def _video_frames(path: Path) -> Iterator[Frame]:
-    cv2 = import_cv2()
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        raise SourceError(f"source {path}: OpenCV cannot open this video")
-    try:
-        index = 0
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            yield Frame(index, f"frame_{index:06d}", np.ascontiguousarray(bgr[:, :, ::-1]))
-            index += 1
-    finally:
-        cap.release()
-    if index == 0:
-        raise SourceError(f"source {path}: the video has no readable frames")

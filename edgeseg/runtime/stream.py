@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.errors import ConfigError, EdgesegError, SourceError
-from edgeseg.runtime.sources import VIDEO_SUFFIXES, import_cv2, list_images, read_image
+from edgeseg.runtime.sources import import_cv2, list_images, read_image, source_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgeseg.runtime.segmenter import Segmenter
@@ -47,6 +47,7 @@ class StreamResult:
 
     Attributes:
         frame_index: position of the frame in the source, from 0 (dropped frames included).
+        name: the frame's name: its file's stem, or ``frame_000042``.
         timestamp: capture time, ``time.time()`` seconds.
         mask: (H, W) uint8 class ids at the frame's size, or None if ``error``.
         probs: softmax (C, h, w) when the stream asked for it.
@@ -63,6 +64,7 @@ class StreamResult:
     timings: dict[str, float]
     latency_ms: float
     dropped: int
+    name: str = ""
     probs: np.ndarray | None = None
     frame: np.ndarray | None = None
     error: str | None = None
@@ -75,6 +77,7 @@ class _Item:
     index: int
     timestamp: float
     start: float  # perf_counter at capture start
+    name: str = ""
     frame: Any = None
     image: Any = None  # the graph's input, (1, h, w, C) uint8, once prepared
     outputs: dict[str, np.ndarray] | None = None
@@ -138,12 +141,17 @@ class _Channel:
 
 
 class FrameSource:
-    """Reads frames one at a time; ``read`` returns (frame or None, error or None), or raises StopIteration."""
+    """Reads frames one at a time.
+
+    ``read`` returns (frame or None, error or None, name) and raises
+    StopIteration at the end; the name (a file's stem, or ``frame_000042``)
+    is what outputs are called after.
+    """
 
     live = False
     description = "source"
 
-    def read(self) -> tuple[np.ndarray | None, str | None]:
+    def read(self) -> tuple[np.ndarray | None, str | None, str]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -153,27 +161,31 @@ class FrameSource:
 class _IterableSource(FrameSource):
     def __init__(self, frames: Iterable[Any], live: bool) -> None:
         self._it = iter(frames)
+        self._count = 0
         self.live = live
         self.description = f"iterable {type(frames).__name__}"
 
-    def read(self) -> tuple[np.ndarray | None, str | None]:
+    def read(self) -> tuple[np.ndarray | None, str | None, str]:
         frame = next(self._it)  # StopIteration ends the source
-        return frame, None
+        self._count += 1
+        return frame, None, f"frame_{self._count - 1:06d}"
 
 
-class _FolderSource(FrameSource):
-    def __init__(self, folder: Path) -> None:
-        self._files = iter(list_images(folder))
-        self.description = f"folder {folder}"
-        if not list_images(folder):
-            raise SourceError(f"source folder {folder} has no images")
+class _FilesSource(FrameSource):
+    """Image files in order: a folder's (sorted by name) or a single one."""
 
-    def read(self) -> tuple[np.ndarray | None, str | None]:
+    def __init__(self, files: list[Path], description: str) -> None:
+        if not files:
+            raise SourceError(f"source {description} has no images")
+        self._files = iter(files)
+        self.description = description
+
+    def read(self) -> tuple[np.ndarray | None, str | None, str]:
         path = next(self._files)
         try:
-            return read_image(path), None
+            return read_image(path), None, path.stem
         except EdgesegError as err:
-            return None, str(err)
+            return None, str(err), path.stem
 
 
 class _CaptureSource(FrameSource):
@@ -189,6 +201,7 @@ class _CaptureSource(FrameSource):
         self.live = live
         self._retries = retries
         self._delay = retry_delay_s
+        self._count = 0
         self._gst = isinstance(target, str) and "!" in target
         kind = "GStreamer pipeline" if self._gst else ("camera" if live else "video")
         self.description = f"{kind} {target}"
@@ -204,12 +217,13 @@ class _CaptureSource(FrameSource):
             return None
         return cap
 
-    def read(self) -> tuple[np.ndarray | None, str | None]:
+    def read(self) -> tuple[np.ndarray | None, str | None, str]:
         for attempt in range(self._retries + 1 if self.live else 1):
             if self._cap is not None:
                 ok, bgr = self._cap.read()
                 if ok and bgr is not None:
-                    return np.ascontiguousarray(bgr[:, :, ::-1]), None
+                    self._count += 1
+                    return np.ascontiguousarray(bgr[:, :, ::-1]), None, f"frame_{self._count - 1:06d}"
             if not self.live:
                 raise StopIteration  # end of the video file
             if attempt < self._retries:
@@ -262,15 +276,12 @@ def open_source(source: Any, *, retries: int = 3) -> FrameSource:
         if text.startswith("/dev/video"):
             return _CaptureSource(text, live=True, retries=retries)
         path = Path(text)
-        if path.is_dir():
-            return _FolderSource(path)
-        if not path.exists():
-            raise SourceError(f"source {path} does not exist")
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        kind = source_kind(path)
+        if kind == "folder":
+            return _FilesSource(list_images(path), f"folder {path}")
+        if kind == "video":
             return _CaptureSource(text, live=False)
-        if path.is_file():
-            return _IterableSource([read_image(path)], live=False)
-        raise SourceError(f"source {path} is not a video, image or folder")
+        return _FilesSource([path], f"image {path}")
     if isinstance(source, np.ndarray) and source.ndim == 3:
         return _IterableSource([source], live=False)
     if isinstance(source, Iterable):
@@ -416,14 +427,14 @@ class Stream:
                 break
             t0, ts = time.perf_counter(), time.time()
             try:
-                frame, error = self._source.read()
+                frame, error, name = self._source.read()
             except StopIteration:
                 self._finish(f"end of {self._source.description}", failed=False)
                 break
             except EdgesegError as err:
                 self._finish(str(err), failed=True)
                 break
-            item = _Item(index, ts, t0, frame=frame, error=error)
+            item = _Item(index, ts, t0, name=name, frame=frame, error=error)
             item.stages["capture"] = (t0, time.perf_counter())
             index += 1
             if not self._forward(0, item):
@@ -486,6 +497,7 @@ class Stream:
         probs = outputs.get("probs")
         return StreamResult(
             frame_index=item.index,
+            name=item.name,
             timestamp=item.timestamp,
             mask=outputs.get("mask") if item.error is None else None,
             probs=probs[0] if probs is not None else None,
