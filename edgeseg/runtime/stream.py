@@ -311,6 +311,8 @@ class Stream:
     ) -> None:
         if queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
+        self._backend = segmenter._require_open()  # before a camera is opened, so nothing leaks
+        self._closed = False
         self._source = open_source(source, retries=retries)
         policy = drop if drop is not None else ("oldest" if self._source.live else "none")
         if policy not in DROP_POLICIES:
@@ -318,7 +320,6 @@ class Stream:
             raise ConfigError(f"drop must be one of {', '.join(DROP_POLICIES)}, got {drop!r}")
         self.drop = policy
         self._seg = segmenter
-        self._backend = segmenter._require_open()
         self._bgr = bgr
         self._keep = keep_frames
         self._outputs = ["mask", *[o for o in outputs if o != "mask"]]
@@ -342,7 +343,6 @@ class Stream:
         ]
         for thread in self._threads:
             thread.start()
-        self._closed = False
 
     # -- the user's side
 
