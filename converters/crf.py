@@ -182,7 +182,7 @@ def crf_graph(params: CRFParams, num_classes: int, *, height: int, width: int) -
     Raises:
         ConfigError: the size is not a multiple of ``downsample``.
     """
-    d, k, r = params.downsample, params.window, params.window // 2
+    d, r = params.downsample, params.window // 2
     if height % d or width % d:
         raise ConfigError(f"crf input {height}x{width} is not a multiple of downsample {d}")
     lh, lw = height // d, width // d
