@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import edgeseg
+from converters.crf import CRFParams, crf_graph, crf_reference
 from converters.export import (
     DEFAULT_OPSET,
     GRAPH_OUTPUTS,
@@ -30,12 +31,14 @@ from converters.export import (
     IMAGENET_STD,
     DeployWrapper,
     ExportSpec,
+    check_graph,
     onnx_from_module,
     probe_module,
 )
 from converters.passes import select_outputs
 from converters.samples import load_samples, synthetic_images
 from edgeseg.bundle import (
+    CRF_MODES,
     Bundle,
     InputSpec,
     Manifest,
@@ -95,6 +98,8 @@ def build(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: Progress | None = None,
+    crf: str | None = None,
+    crf_params: CRFParams | Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Builds a bundle from a zoo model name or a ``torch.nn.Module``.
 
@@ -124,6 +129,10 @@ def build(
         opset: ONNX opset (>= 19).
         overwrite: replace an existing bundle.
         progress: called with a short message as each step starts.
+        crf: add the dense CRF stage: ``"separate"`` (its own ``crf.onnx``,
+            switchable at run time; the model then also outputs ``logits``)
+            or ``"fused"`` (one graph: model, then CRF). Static sizes only.
+        crf_params: :class:`converters.crf.CRFParams` or a dict of its fields.
 
     Returns:
         The written, verified bundle.
@@ -145,6 +154,9 @@ def build(
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     wanted = _check_outputs(outputs)
+    params = _crf_params(crf, crf_params, dynamic)
+    if crf == "separate" and "logits" not in wanted:
+        wanted.append("logits")  # the CRF stage reads the model's logits
     target = bundle_path(out)
     if target.exists() and not overwrite:
         raise BundleExistsError(f"{target} already exists; pass overwrite=True (--force) to replace it")
@@ -203,6 +215,20 @@ def build(
         )
 
     say(f"writing {target}")
+    files: dict[str, bytes] = {}
+    crf_info: dict[str, Any] | None = None
+    if params is not None:
+        h, w = spec.input_size
+        say(f"adding the dense CRF ({crf}, {params.iterations} iterations, window {params.window}, "
+            f"downsample {params.downsample})")
+        crf_model = crf_graph(params, len(resolved.classes), height=h, width=w, channels=spec.in_channels)
+        crf_info = {"mode": crf, "params": params.to_json()}
+        parity["crf_agreement"] = _crf_parity(crf_model, resolved.module, spec, images[:2], params)
+        if crf == "separate":
+            files["crf.onnx"] = crf_model.SerializeToString()
+            crf_info["graph"] = "crf.onnx"
+        else:
+            full = fuse_crf(full, crf_model)
     final = select_outputs(full, wanted)
     manifest = Manifest(
         model=resolved.info,
@@ -222,8 +248,70 @@ def build(
         graphs={"fp32": "model.onnx"},
         versions=_versions(),
         parity=parity,
+        crf=crf_info,
     )
-    return write_bundle(target, manifest, {"model.onnx": final.SerializeToString()}, overwrite=overwrite)
+    files["model.onnx"] = final.SerializeToString()
+    return write_bundle(target, manifest, files, overwrite=overwrite)
+
+
+def _crf_params(
+    crf: str | None, given: CRFParams | Mapping[str, Any] | None, dynamic: bool
+) -> CRFParams | None:
+    if crf is None:
+        if given is not None:
+            raise ConfigError("crf_params were given without crf='separate' or crf='fused'")
+        return None
+    if crf not in CRF_MODES:
+        raise ConfigError(f"crf must be one of {', '.join(CRF_MODES)} (or None), got {crf!r}")
+    if dynamic:
+        raise ConfigError("the CRF stage is built for one input size; it cannot be combined with dynamic=True")
+    if given is None or isinstance(given, CRFParams):
+        return given or CRFParams()
+    unknown = sorted(set(given) - set(CRFParams.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(
+            f"unknown crf_params {unknown}; valid: {', '.join(CRFParams.__dataclass_fields__)}"
+        )
+    return CRFParams(**given)
+
+
+def fuse_crf(model: onnx.ModelProto, crf_model: onnx.ModelProto) -> onnx.ModelProto:
+    """One graph: the model's ``logits`` feed the CRF, whose ``probs``/``mask`` replace the model's.
+
+    The CRF graph reads ``image`` and ``logits`` by name, which are the
+    model's input and logits tensor, so its nodes append as they are.
+    """
+    base = select_outputs(model, ["logits"])  # drops the model's own mask/probs nodes
+    out = onnx.ModelProto()
+    out.CopyFrom(base)
+    out.graph.node.extend(crf_model.graph.node)
+    out.graph.initializer.extend(crf_model.graph.initializer)
+    logits = out.graph.output[0]
+    del out.graph.output[:]
+    out.graph.output.extend([*crf_model.graph.output, logits])
+    by_name = {o.name: o for o in out.graph.output}
+    del out.graph.output[:]
+    out.graph.output.extend(by_name[n] for n in GRAPH_OUTPUTS)  # mask, probs, logits
+    check_graph(out)
+    return out
+
+
+def _crf_parity(
+    crf_model: onnx.ModelProto, module: nn.Module, spec: ExportSpec, images: np.ndarray, params: CRFParams
+) -> float:
+    """Pixel agreement of the CRF graph (on PyTorch's logits) with the NumPy reference."""
+    wrapper = DeployWrapper(module, spec).eval()
+    agree = []
+    with tempfile.TemporaryDirectory(prefix="edgeseg-crf-") as tmp:
+        path = Path(tmp) / "crf.onnx"
+        path.write_bytes(crf_model.SerializeToString())
+        with OnnxRuntimeBackend(path) as backend, torch.no_grad():
+            for image in images:
+                logits = wrapper(torch.from_numpy(np.ascontiguousarray(image[None])))[2].numpy()
+                got = backend.infer({"image": image[None], "logits": logits}, ["mask"])["mask"][0]
+                ref = crf_reference(image, logits[0], params).argmax(axis=0)
+                agree.append(float((got == ref).mean()))
+    return float(np.mean(agree))
 
 
 def resolve_model(

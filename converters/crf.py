@@ -134,7 +134,9 @@ def _upsample_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def crf_reference(image: np.ndarray, logits: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Refined probabilities (C, H, W), float64, for an (H, W, 3) uint8 image and (C, H, W) logits."""
+    """Refined probabilities (C, H, W), float64, for an (H, W, channels) uint8 image and (C, H, W) logits."""
+    if image.ndim == 2:
+        image = image[:, :, None]
     h, w = image.shape[:2]
     d = params.downsample
     if h % d or w % d:
@@ -170,8 +172,10 @@ def crf_reference(image: np.ndarray, logits: np.ndarray, params: CRFParams) -> n
 # --------------------------------------------------------------------------- ONNX graph
 
 
-def crf_graph(params: CRFParams, num_classes: int, *, height: int, width: int) -> onnx.ModelProto:
-    """The CRF as an ONNX model: inputs ``image`` (1, H, W, 3) uint8 and ``logits`` (1, C, H, W) float32;
+def crf_graph(
+    params: CRFParams, num_classes: int, *, height: int, width: int, channels: int = 3
+) -> onnx.ModelProto:
+    """The CRF as an ONNX model: inputs ``image`` (1, H, W, channels) uint8 and ``logits`` (1, C, H, W) float32;
     outputs ``probs`` (1, C, H, W) float32 and ``mask`` (1, H, W) uint8.
 
     Each window offset is a Slice of a zero-padded tensor: the kernel weights
@@ -285,7 +289,7 @@ def crf_graph(params: CRFParams, num_classes: int, *, height: int, width: int) -
         nodes,
         "edgeseg_crf",
         [
-            helper.make_tensor_value_info("image", TensorProto.UINT8, [1, height, width, 3]),
+            helper.make_tensor_value_info("image", TensorProto.UINT8, [1, height, width, channels]),
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_classes, height, width]),
         ],
         [

@@ -31,6 +31,7 @@ MANIFEST_NAME = "manifest.json"
 SUFFIX = ".edgeseg"
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("mask", "probs", "logits")
+CRF_MODES = ("separate", "fused")
 
 _REQUIRED_KEYS = (
     "schema_version",
@@ -123,6 +124,7 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    crf: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -143,6 +145,7 @@ class Manifest:
             "files": self.files,
             "versions": self.versions,
             "parity": self.parity,
+            "crf": self.crf,
         }
 
     @classmethod
@@ -178,6 +181,7 @@ class Manifest:
                 files=files,
                 versions={str(k): str(v) for k, v in data["versions"].items()},
                 parity=dict(data["parity"]),
+                crf=dict(data["crf"]) if data.get("crf") else None,
             )
         except BundleError:
             raise
@@ -215,6 +219,14 @@ class Manifest:
                 f"{where}: outputs {list(self.outputs)} must include 'mask' and only "
                 f"{', '.join(OUTPUTS)}"
             )
+        if self.crf is not None:
+            mode = self.crf.get("mode")
+            if mode not in CRF_MODES:
+                raise BundleError(f"{where}: crf mode {mode!r} is not one of {', '.join(CRF_MODES)}")
+            if mode == "separate" and self.crf.get("graph") not in self.files:
+                raise BundleError(f"{where}: crf graph {self.crf.get('graph')!r} is not listed under 'files'")
+            if mode == "separate" and "logits" not in self.outputs:
+                raise BundleError(f"{where}: a separate crf needs the model's 'logits' output")
         for name in self.files:
             if Path(name).is_absolute() or ".." in Path(name).parts or "/" in name:
                 raise BundleError(f"{where}: file name {name!r} is not a plain name in the bundle")

@@ -147,6 +147,11 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
 @click.option("--dynamic", is_flag=True, help="Symbolic height and width.")
 @click.option("--opset", type=int, default=19, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--crf", "crf_mode", type=click.Choice(["none", "separate", "fused"]), default="none",
+              show_default=True, help="Add the dense CRF: its own graph (switchable at run time) or fused.")
+@click.option("--crf-param", "crf_settings", multiple=True, metavar="KEY=VALUE",
+              help="CRF setting, repeatable: iterations, window, downsample, w_bilateral, theta_alpha, "
+                   "theta_beta, w_gaussian, theta_gamma.")
 def build_cmd(
     model_name: str,
     out: Path | None,
@@ -166,6 +171,8 @@ def build_cmd(
     dynamic: bool,
     opset: int,
     force: bool,
+    crf_mode: str,
+    crf_settings: tuple[str, ...],
 ) -> None:
     """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/."""
     from edgeseg._lazy import import_build_module
@@ -202,6 +209,8 @@ def build_cmd(
         opset=opset,
         overwrite=force,
         progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
+        crf=None if crf_mode == "none" else crf_mode,
+        crf_params=_crf_settings(crf_settings) if crf_settings else None,
     )
     parity = bundle.manifest.parity
     size = bundle.path.joinpath("model.onnx").stat().st_size
@@ -211,6 +220,20 @@ def build_cmd(
         f"{size / 1e6:.1f} MB; parity: agreement {parity['agreement']:.4%}, "
         f"max abs logit error {parity['max_abs_error']:.2e} (logits up to {parity['max_abs_logit']:.3g})"
     )
+
+
+def _crf_settings(items: tuple[str, ...]) -> dict[str, float | int]:
+    settings: dict[str, float | int] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        try:
+            if not sep:
+                raise ValueError(item)
+            settings[key] = int(value) if key in ("iterations", "window", "downsample") else float(value)
+        except ValueError as err:
+            raise ConfigError(f"--crf-param {item!r} is not KEY=NUMBER") from err
+    return settings
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -262,6 +285,9 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         "files       " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in m.files.items()),
         "versions    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
     ]
+    if m.crf:
+        settings = ", ".join(f"{k}={v}" for k, v in m.crf.get("params", {}).items())
+        lines.append(f"crf         {m.crf.get('mode')}: {settings}")
     if parity:
         lines.append(
             f"parity      agreement {parity.get('agreement', float('nan')):.4%} "
@@ -284,7 +310,11 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
                    "(.mp4/.avi), or a folder of PNGs.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--backend", default="auto", show_default=True)
-def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str) -> None:
+@click.option("--crf/--no-crf", "crf", default=None, help="Switch the bundle's CRF stage [default: on if it has one].")
+def run_cmd(
+    bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str,
+    crf: bool | None,
+) -> None:
     """Segment an image, a folder of images or a video with a bundle."""
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.sources import count_frames, source_kind
@@ -297,7 +327,7 @@ def run_cmd(bundle: Path, source: Path, masks: Path | None, overlay: Path | None
     done, bad = 0, []
     infer_ms: list[float] = []
     total_ms: list[float] = []
-    with Segmenter(bundle, backend=backend) as seg:
+    with Segmenter(bundle, backend=backend, crf=crf) as seg:
         try:
             with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
                                    show_pos=True) as bar, \
@@ -418,9 +448,10 @@ class _OverlayWriter:
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Write a PNG: latency histogram and per-frame timeline (needs matplotlib).")
 @click.option("--backend", default="auto", show_default=True)
+@click.option("--crf/--no-crf", "crf", default=None, help="Switch the bundle's CRF stage [default: on if it has one].")
 def profile_cmd(
     bundle: Path, source: str | None, frames: int, warmup: int, layers: bool, top: int,
-    json_path: Path | None, trace: Path | None, plot: Path | None, backend: str,
+    json_path: Path | None, trace: Path | None, plot: Path | None, backend: str, crf: bool | None,
 ) -> None:
     """Measure latency per stage through the streaming pipeline (p50/p90/p99, fps, jitter)."""
     import tempfile
@@ -438,7 +469,7 @@ def profile_cmd(
         raise ConfigError(f"--frames must be >= 1 and --warmup >= 0, got {frames} and {warmup}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-profile-") as tmp:
         options: dict[str, Any] = {"profile_dir": tmp} if layers else {}
-        with Segmenter(bundle, backend=backend, **options) as seg:
+        with Segmenter(bundle, backend=backend, crf=crf, **options) as seg:
             feed = _profile_source(source, seg, frames + warmup)
             with click.progressbar(length=frames + warmup, label="profiling", file=sys.stderr, show_pos=True) as bar:
                 with seg.stream(feed, drop="none", max_frames=frames + warmup) as stream:

@@ -51,6 +51,8 @@ class Segmenter:
         outputs: extra outputs to return besides ``mask``: any of ``probs``,
             ``logits`` that the bundle has. Default: none (masks only, least copying).
         verify: check the bundle's checksums on load.
+        crf: run the bundle's dense-CRF stage (default: on when it has one).
+            A ``separate`` CRF can be switched off; a ``fused`` one cannot.
         profile_window: how many recent frames ``profile()`` summarises.
         **backend_options: passed to the backend (e.g. ``threads=2``).
 
@@ -68,6 +70,7 @@ class Segmenter:
         precision: str | None = None,
         outputs: tuple[str, ...] | list[str] = (),
         verify: bool = True,
+        crf: bool | None = None,
         profile_window: int = 1000,
         **backend_options: Any,
     ) -> None:
@@ -83,11 +86,27 @@ class Segmenter:
                 f"{', '.join(manifest.outputs)} (build with outputs=... to add them)"
             )
         self._outputs = ["mask", *extra]
+        info = manifest.crf
+        if crf and info is None:
+            raise ConfigError(
+                f"bundle {self.bundle.path} has no CRF stage; build it with crf='separate' or 'fused'"
+            )
+        if crf is False and info is not None and info.get("mode") == "fused":
+            raise ConfigError(
+                f"the CRF is fused into {self.bundle.path}'s graph; build with crf='separate' "
+                "to switch it at run time"
+            )
+        self.crf = info is not None if crf is None else bool(crf)
         self.backend_name = resolve_backend(backend)
+        self._crf_backend: Backend | None = None
         self._backend: Backend | None = create_backend(self.backend_name, graph, **backend_options)
         if "image" not in self._backend.input_names:
             self.close()
             raise BundleError(f"{graph} has no input named 'image' (inputs: {self._backend.input_names})")
+        if self.crf and info is not None and info.get("mode") == "separate":
+            self._crf_backend = create_backend(
+                self.backend_name, self.bundle.file(str(info["graph"])), **backend_options
+            )
         self._resize_mask = NearestResizer()
         self.profiler = Profiler(window=profile_window)
         self._frames = 0
@@ -128,27 +147,46 @@ class Segmenter:
         Raises:
             InputError: the frame's type, dtype, rank or size is unusable.
         """
-        backend = self._require_open()
+        self._require_open()
         t0 = time.perf_counter()
         image = self.preprocess(frame, bgr=bgr)
         t1 = time.perf_counter()
-        values = backend.infer({"image": image}, self._outputs)
+        values, spans = self.infer(image)
         t2 = time.perf_counter()
         mask = self._resize_mask(values["mask"][0], frame.shape[:2])
         t3 = time.perf_counter()
         probs = values["probs"][0] if "probs" in values else None
         logits = values["logits"][0] if "logits" in values else None
-        timings = {
-            "preprocess": (t1 - t0) * 1e3,
-            "infer": (t2 - t1) * 1e3,
-            "postprocess": (t3 - t2) * 1e3,
-            "total": (t3 - t0) * 1e3,
-        }
-        self.profiler.record_stages(
-            self._frames, {"preprocess": (t0, t1), "infer": (t1, t2), "postprocess": (t2, t3)}, end=t3
-        )
+        stages = {"preprocess": (t0, t1), **spans, "postprocess": (t2, t3)}
+        timings = {name: (end - start) * 1e3 for name, (start, end) in stages.items()}
+        timings["total"] = (t3 - t0) * 1e3
+        self.profiler.record_stages(self._frames, stages, end=t3)
         self._frames += 1
         return SegmentationResult(mask=mask, probs=probs, logits=logits, timings=timings)
+
+    def infer(
+        self, image: np.ndarray, outputs: list[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+        """Runs the graph(s) on a prepared (1, h, w, C) image.
+
+        Returns:
+            The outputs at the model's size (``mask`` and the extra ones asked
+            for), and the (start, end) of each stage run: ``infer``, and
+            ``crf`` when a separate CRF stage is on.
+        """
+        backend = self._require_open()
+        wanted = outputs if outputs is not None else self._outputs
+        t0 = time.perf_counter()
+        if self._crf_backend is None:
+            return backend.infer({"image": image}, wanted), {"infer": (t0, time.perf_counter())}
+        model_out = ["logits"] + [o for o in wanted if o not in ("mask", "probs", "logits")]
+        values = backend.infer({"image": image}, model_out)
+        t1 = time.perf_counter()
+        crf_out = ["mask"] + (["probs"] if "probs" in wanted else [])
+        values.update(self._crf_backend.infer({"image": image, "logits": values["logits"]}, crf_out))
+        if "logits" not in wanted:
+            del values["logits"]
+        return values, {"infer": (t0, t1), "crf": (t1, time.perf_counter())}
 
     def stream(
         self,
@@ -211,6 +249,9 @@ class Segmenter:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        if self._crf_backend is not None:
+            self._crf_backend.close()
+            self._crf_backend = None
 
     def __enter__(self) -> Segmenter:
         return self

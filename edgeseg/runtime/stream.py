@@ -311,7 +311,7 @@ class Stream:
     ) -> None:
         if queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
-        self._backend = segmenter._require_open()  # before a camera is opened, so nothing leaks
+        segmenter._require_open()  # before a camera is opened, so nothing leaks
         self._closed = False
         self._source = open_source(source, retries=retries)
         policy = drop if drop is not None else ("oldest" if self._source.live else "none")
@@ -453,7 +453,7 @@ class Stream:
                     work(item)
                 except EdgesegError as err:
                     item.error = f"frame {item.index}: {err}"
-                item.stages[name] = (t0, time.perf_counter())
+                item.stages.setdefault(name, (t0, time.perf_counter()))
             if not self._forward(stage + 1, item):
                 return
 
@@ -470,7 +470,8 @@ class Stream:
 
     def _infer(self) -> None:
         def work(item: _Item) -> None:
-            item.outputs = self._backend.infer({"image": item.image}, self._outputs)
+            item.outputs, spans = self._seg.infer(item.image, self._outputs)
+            item.stages.update(spans)  # "infer", and "crf" when that stage is on
 
         self._stage(1, "infer", work)
 
