@@ -482,6 +482,11 @@ def compare(
     if ignore_index is None and label_format in ("voc", "cityscapes"):
         ignore_index = default_ignore_index(label_format)
     spec = manifest.input
+    fused_crf = None
+    if manifest.crf is not None and manifest.crf.get("mode") == "fused":
+        from converters.crf import CRFParams, crf_reference
+
+        fused_crf = CRFParams(**manifest.crf.get("params", {}))
     wrapper = DeployWrapper(
         model, ExportSpec(input_size=spec.size, in_channels=spec.channels, mean=spec.mean, std=spec.std, simplify=False)
     ).eval()
@@ -511,6 +516,8 @@ def compare(
                 with torch.no_grad():
                     ref_mask_t, _, ref_logits_t = wrapper(torch.from_numpy(batch))
                 ref_logits, ref_mask = ref_logits_t[0].numpy(), ref_mask_t[0].numpy()
+                if fused_crf is not None:  # the graph's mask comes after its CRF: so must PyTorch's
+                    ref_mask = crf_reference(batch[0], ref_logits, fused_crf).argmax(axis=0).astype(np.uint8)
                 label = label_of(name, index)
                 if label is not None and label.shape[:2] != frame.shape[:2]:
                     raise InputError(
@@ -628,13 +635,16 @@ def expose_logits(model: Any) -> Any:
     from onnx import helper
 
     producers = {out: node for node in model.graph.node for out in node.output}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if "logits" in producers:  # the exporter's tensor, kept inside a graph with a fused CRF
+        out.graph.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None))
+        return out
     node = producers.get("mask")
     while node is not None and node.op_type in ("Cast", "Identity"):
         node = producers.get(node.input[0])
     if node is None or node.op_type != "ArgMax":
         raise InputError("the graph's 'mask' output is not an ArgMax over logits; cannot expose logits")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
     source = node.input[0]
     if source != "logits":
         # the exporter names the tensor "logits"; another name must not clash with one in use

@@ -217,3 +217,13 @@ def test_pydensecrf_and_ours_both_clean_the_same_noisy_labels() -> None:
     theirs = np.array(crf.inference(5)).reshape(2, h, w).argmax(axis=0)
     _, ours = _run(params, image, logits)
     assert (theirs == truth).mean() > 0.99 and (ours == truth).mean() > 0.99
+
+
+def test_parity_of_crf_bundles(crf_bundles: dict[str, Path]) -> None:
+    """Fused: the graph's mask is compared with PyTorch's logits through the NumPy CRF; separate: the model."""
+    from edgeseg.testing import assert_parity
+
+    frames = np.random.default_rng(6).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    for kind in ("fused", "separate"):
+        report = assert_parity(crf_bundles[kind], tiny_module(), frames, min_agreement=0.999, max_abs_error=1e-4)
+        assert report.artefacts[0].figures["max_abs_logit"] > 0.1
