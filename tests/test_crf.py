@@ -49,9 +49,9 @@ def test_graph_matches_numpy_reference(params: CRFParams) -> None:
         np.testing.assert_allclose(ref, plain, atol=1e-6)
 
 
-def test_mean_field_removes_label_noise_inside_flat_regions() -> None:
-    """Two flat colour regions, labels right except 15 % flipped pixels: the CRF restores them."""
-    rng = np.random.default_rng(1)
+def _two_regions_with_noise(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two flat colour regions; labels right except 15 % flipped; unaries 0.7 on the (noisy) label."""
+    rng = np.random.default_rng(seed)
     h, w = 32, 48
     truth = np.zeros((h, w), np.int64)
     truth[:, w // 2 :] = 1
@@ -60,6 +60,12 @@ def test_mean_field_removes_label_noise_inside_flat_regions() -> None:
     flip = rng.random((h, w)) < 0.15
     noisy[flip] = 1 - noisy[flip]
     logits = np.where(np.arange(2)[:, None, None] == noisy[None], np.log(0.7), np.log(0.3)).astype(np.float32)
+    return truth, noisy, image, logits
+
+
+def test_mean_field_removes_label_noise_inside_flat_regions() -> None:
+    """Two flat colour regions, labels right except 15 % flipped pixels: the CRF restores them."""
+    truth, noisy, image, logits = _two_regions_with_noise(seed=1)
     _, mask = _run(CRFParams(downsample=1, window=5, w_bilateral=5.0, theta_beta=20.0), image, logits)
     before = (noisy == truth).mean()
     after = (mask == truth).mean()
@@ -200,15 +206,8 @@ def test_pydensecrf_and_ours_both_clean_the_same_noisy_labels() -> None:
         "pydensecrf.densecrf",
         reason="pydensecrf2 is not installed (pip install cython && pip install --no-build-isolation pydensecrf2)",
     )
-    rng = np.random.default_rng(2)
-    h, w = 32, 48
-    truth = np.zeros((h, w), np.int64)
-    truth[:, w // 2 :] = 1
-    image = np.where(truth[..., None] == 1, 200, 40).astype(np.uint8).repeat(3, axis=2)
-    noisy = truth.copy()
-    flip = rng.random((h, w)) < 0.15
-    noisy[flip] = 1 - noisy[flip]
-    logits = np.where(np.arange(2)[:, None, None] == noisy[None], np.log(0.7), np.log(0.3)).astype(np.float32)
+    truth, noisy, image, logits = _two_regions_with_noise(seed=2)
+    h, w = truth.shape
     params = CRFParams(downsample=1, window=5, w_bilateral=5.0, theta_alpha=20.0, theta_beta=20.0, w_gaussian=3.0, theta_gamma=3.0)
     crf = dcrf.DenseCRF2D(w, h, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(2, -1)))

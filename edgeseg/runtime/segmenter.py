@@ -78,14 +78,7 @@ class Segmenter:
         manifest = self.bundle.manifest
         self.precision = precision or manifest.precision
         graph = self.bundle.graph(self.precision)
-        extra = [o for o in outputs if o != "mask"]
-        missing = [o for o in extra if o not in manifest.outputs]
-        if missing:
-            raise ConfigError(
-                f"bundle {self.bundle.path} has no output {', '.join(missing)}; it has "
-                f"{', '.join(manifest.outputs)} (build with outputs=... to add them)"
-            )
-        self._outputs = ["mask", *extra]
+        self._outputs = ["mask", *self._extra_outputs(outputs)]
         info = manifest.crf
         if crf and info is None:
             raise ConfigError(
@@ -110,6 +103,17 @@ class Segmenter:
         self._resize_mask = NearestResizer()
         self.profiler = Profiler(window=profile_window)
         self._frames = 0
+
+    def _extra_outputs(self, outputs: tuple[str, ...] | list[str]) -> list[str]:
+        """The outputs asked for besides ``mask``; ConfigError for any the bundle lacks."""
+        extra = [o for o in outputs if o != "mask"]
+        missing = [o for o in extra if o not in self.manifest.outputs]
+        if missing:
+            raise ConfigError(
+                f"bundle {self.bundle.path} has no output {', '.join(missing)}; it has "
+                f"{', '.join(self.manifest.outputs)} (build with outputs=... to add them)"
+            )
+        return extra
 
     @property
     def manifest(self) -> Manifest:
@@ -226,10 +230,7 @@ class Segmenter:
         """
         from edgeseg.runtime.stream import Stream
 
-        extra = [o for o in outputs if o != "mask"]
-        missing = [o for o in extra if o not in self.manifest.outputs]
-        if missing:
-            raise ConfigError(f"bundle {self.bundle.path} has no output {', '.join(missing)}")
+        extra = self._extra_outputs(outputs)
         return Stream(
             self, source, drop=drop, queue_size=queue_size, bgr=bgr, keep_frames=keep_frames,
             outputs=extra, retries=retries, max_frames=max_frames, nice=nice,
