@@ -5,6 +5,7 @@ from converters.passes.graph import (
     select_outputs,
     simplify,
     strip_metadata,
+    topological_sort,
 )
 
-__all__ = ["prune_unused", "select_outputs", "simplify", "strip_metadata"]
+__all__ = ["prune_unused", "select_outputs", "simplify", "strip_metadata", "topological_sort"]

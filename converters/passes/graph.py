@@ -61,6 +61,42 @@ def prune_unused(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Orders the nodes so that each follows the producers of its inputs (stable otherwise).
+
+    ONNX requires this order and TensorRT's parser imports nodes in it; tools
+    that append nodes (ONNX Runtime's FP16 converter adds its casts at the end)
+    break it.
+
+    Raises:
+        ExportError: the graph has a cycle or reads a tensor nothing produces.
+    """
+    out = _copy(model)
+    graph = out.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            needs = set(node.input) | _subgraph_inputs(node)
+            if needs <= available:
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = sorted(set().union(*(set(n.input) for n in rest)) - available)
+            raise ExportError(
+                f"cannot order the graph: {rest[0].name or rest[0].op_type} and {len(rest) - 1} more "
+                f"nodes wait for {', '.join(missing[:5])} (a cycle, or a tensor nothing produces)"
+            )
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return out
+
+
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the outer scope."""
     names: set[str] = set()
