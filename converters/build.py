@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import edgeseg
+from calibration.quantize import DEFAULT_METHOD
 from converters.crf import CRFParams, crf_graph, crf_reference
 from converters.export import (
     DEFAULT_OPSET,
@@ -36,9 +37,21 @@ from converters.export import (
     probe_module,
 )
 from converters.passes import select_outputs
+from converters.precision import (
+    DEFAULT_CALIB_SIZE,
+    DEFAULT_EVAL_IMAGES,
+    DEFAULT_PLACEMENT,
+    DEFAULT_TRT_CACHE_VERSION,
+    GRAPH_FILES,
+    EvalSet,
+    QuantOptions,
+    load_eval_set,
+    lower_precision,
+)
 from converters.samples import load_samples, synthetic_images
 from edgeseg.bundle import (
     CRF_MODES,
+    PRECISIONS,
     Bundle,
     InputSpec,
     Manifest,
@@ -94,12 +107,23 @@ def build(
     multiple_of: int | None = None,
     samples: str | os.PathLike[str] | None = None,
     num_samples: int = DEFAULT_NUM_SAMPLES,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_agreement: float | None = None,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: Progress | None = None,
     crf: str | None = None,
     crf_params: CRFParams | Mapping[str, Any] | None = None,
+    calib: str | os.PathLike[str] | None = None,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    calib_seed: int = 0,
+    method: str = DEFAULT_METHOD,
+    placement: str = DEFAULT_PLACEMENT,
+    mixed_precision: bool = True,
+    labels: str | os.PathLike[str] | None = None,
+    label_format: str = "auto",
+    ignore_index: int | None = None,
+    max_miou_drop: float | None = None,
+    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION,
 ) -> Bundle:
     """Builds a bundle from a zoo model name or a ``torch.nn.Module``.
 
@@ -114,7 +138,10 @@ def build(
         in_channels: 3 (RGB, default) or 1 (grayscale).
         mean: per-channel mean on the 0..1 scale (default ImageNet's).
         std: per-channel std on the 0..1 scale (default ImageNet's).
-        precision: ``"fp32"``.
+        precision: ``"fp32"``, ``"fp16"`` (an FP16 graph with I/O and sensitive
+            operators in FP32) or ``"int8"`` (explicit Q/DQ from ``calib``). The
+            bundle keeps ``model.onnx`` (FP32) beside ``model.fp16.onnx`` /
+            ``model.int8.onnx`` and runs the latter by default.
         weights: a state dict or checkpoint file, loaded with ``weights_only=True``.
         options: zoo model options (``edgeseg models`` lists them); not for modules.
         outputs: graph outputs to keep: ``mask`` plus any of ``probs``, ``logits``.
@@ -124,8 +151,11 @@ def build(
             (zoo models know theirs; modules default to 32).
         samples: a folder of images for the parity check (default: generated images).
         num_samples: how many sample images the parity check runs.
-        min_agreement: the build fails when ONNX Runtime's masks agree with
-            PyTorch's on fewer pixels than this fraction.
+        min_agreement: the build fails when the graph's masks agree with the
+            reference's on fewer pixels than this fraction: the FP32 graph with
+            PyTorch (default 0.999), an FP16/INT8 graph with the FP32 graph
+            (default 0.995 / 0.99; INT8 keeps its most sensitive layers in float
+            until it holds, see ``mixed_precision``).
         opset: ONNX opset (>= 19).
         overwrite: replace an existing bundle.
         progress: called with a short message as each step starts.
@@ -133,6 +163,20 @@ def build(
             switchable at run time; the model then also outputs ``logits``)
             or ``"fused"`` (one graph: model, then CRF). Static sizes only.
         crf_params: :class:`converters.crf.CRFParams` or a dict of its fields.
+        calib: INT8 calibration set: a folder of images (recursive), a video or an ``.npz``.
+        calib_size: how many frames of ``calib`` to use (spread evenly over it).
+        calib_seed: seed of the deterministic pick of calibration frames.
+        method: INT8 calibration: ``minmax``, ``percentile`` or ``entropy``.
+        placement: where INT8 Q/DQ goes: ``cpu`` (what ONNX Runtime fuses into
+            integer kernels) or ``tensorrt`` (TensorRT's explicit-quantization rules).
+        mixed_precision: keep the most sensitive layers in float until the
+            target (``min_agreement``, ``max_miou_drop``) holds.
+        labels: label folder for ``samples``; enables ``max_miou_drop``.
+        label_format: ``auto``, ``ids``, ``voc`` or ``cityscapes``.
+        ignore_index: a label id left out of the mIoU (e.g. CamVid's 11).
+        max_miou_drop: mIoU points an FP16/INT8 graph may lose against FP32.
+        trt_cache_version: TensorRT version written in the header of the
+            legacy calibration cache (``calibration.cache``) of INT8 bundles.
 
     Returns:
         The written, verified bundle.
@@ -145,11 +189,17 @@ def build(
         BundleExistsError: ``out`` exists and ``overwrite`` is false.
     """
     say = progress or (lambda message: log.info("%s", message))
-    if precision != "fp32":
-        raise ConfigError(
-            f"precision {precision!r} is not available in this release; use 'fp32'"
-        )
-    if not 0.0 <= min_agreement <= 1.0:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    quant = QuantOptions(calib, calib_size, calib_seed, method, placement, mixed_precision, trt_cache_version)
+    if precision == "int8":
+        quant.check()
+    elif calib is not None:
+        raise ConfigError(f"calib is for precision='int8'; this build is {precision}")
+    if labels is not None and samples is None:
+        raise ConfigError("labels need samples=DIR (--samples): the images they label")
+    fp32_min_agreement = min_agreement if precision == "fp32" and min_agreement is not None else DEFAULT_MIN_AGREEMENT
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise ConfigError(f"min_agreement must be a fraction in [0, 1], got {min_agreement}")
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -202,17 +252,44 @@ def build(
             "samples": int(len(images)),
             "sample_source": sample_source,
             "samples_skipped": skipped,
-            "min_agreement": min_agreement,
+            "min_agreement": fp32_min_agreement,
             "trained": resolved.info.get("trained"),
         }
     )
-    if parity["agreement"] < min_agreement:
+    if parity["agreement"] < fp32_min_agreement:
         raise ParityError(
             f"ONNX Runtime agrees with PyTorch on {parity['agreement']:.4%} of pixels, under "
-            f"min_agreement {min_agreement:.4%} (max abs logit error {parity['max_abs_error']:.3g}, "
+            f"min_agreement {fp32_min_agreement:.4%} (max abs logit error {parity['max_abs_error']:.3g}, "
             f"mean {parity['mean_abs_error']:.3g}, over {len(images)} {sample_source} images); "
             "nothing was written"
         )
+
+    input_spec = InputSpec(
+        size=spec.input_size,
+        channels=spec.in_channels,
+        mean=spec.mean,
+        std=spec.std,
+        dynamic=spec.dynamic,
+        multiple_of=spec.multiple_of,
+    )
+    lowered = None
+    if precision != "fp32":
+        if samples is not None:
+            eval_set: EvalSet | None = load_eval_set(
+                samples, input_spec, limit=max(num_samples, DEFAULT_EVAL_IMAGES), labels=labels,
+                label_format=label_format, ignore_index=ignore_index,
+            )
+        elif precision == "fp16":
+            eval_set = EvalSet(images, "generated")
+        else:
+            eval_set = None  # held out from the calibration set
+        lowered = lower_precision(
+            full, input_spec, precision, eval_set=eval_set, options=quant,
+            min_agreement=min_agreement, max_miou_drop=max_miou_drop, say=say,
+        )
+        say(f"checking the {precision} graph against PyTorch")
+        versus_torch = measure_parity(resolved.module, lowered.graph, spec, lowered.eval_set.images)
+        lowered.info["parity"] = {**lowered.parity(), "pytorch": versus_torch}
 
     say(f"writing {target}")
     files: dict[str, bytes] = {}
@@ -229,26 +306,30 @@ def build(
             crf_info["graph"] = "crf.onnx"
         else:
             full = fuse_crf(full, crf_model)
+            if lowered is not None:
+                lowered.graph = fuse_crf(lowered.graph, crf_model)
     final = select_outputs(full, wanted)
+    graphs = {"fp32": "model.onnx"}
+    precisions: dict[str, dict[str, Any]] = {}
+    if lowered is not None:
+        name = GRAPH_FILES[precision]
+        graphs[precision] = name
+        files[name] = select_outputs(lowered.graph, wanted).SerializeToString()
+        files.update(lowered.extra_files)
+        precisions[precision] = {"graph": name, **lowered.info}
     manifest = Manifest(
         model=resolved.info,
         classes=tuple(resolved.classes),
         palette=tuple(colors),
-        input=InputSpec(
-            size=spec.input_size,
-            channels=spec.in_channels,
-            mean=spec.mean,
-            std=spec.std,
-            dynamic=spec.dynamic,
-            multiple_of=spec.multiple_of,
-        ),
-        precision="fp32",
+        input=input_spec,
+        precision=precision,
         opset=opset,
         outputs=tuple(wanted),
-        graphs={"fp32": "model.onnx"},
+        graphs=graphs,
         versions=_versions(),
         parity=parity,
         crf=crf_info,
+        precisions=precisions,
     )
     files["model.onnx"] = final.SerializeToString()
     return write_bundle(target, manifest, files, overwrite=overwrite)

@@ -125,6 +125,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     crf: dict[str, Any] | None = None
+    # per lower-precision graph ("fp16", "int8"): its parity with the float graph and how it was made
+    precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -146,6 +148,7 @@ class Manifest:
             "versions": self.versions,
             "parity": self.parity,
             "crf": self.crf,
+            "precisions": self.precisions,
         }
 
     @classmethod
@@ -182,6 +185,7 @@ class Manifest:
                 versions={str(k): str(v) for k, v in data["versions"].items()},
                 parity=dict(data["parity"]),
                 crf=dict(data["crf"]) if data.get("crf") else None,
+                precisions={str(k): dict(v) for k, v in (data.get("precisions") or {}).items()},
             )
         except BundleError:
             raise
@@ -213,6 +217,12 @@ class Manifest:
                 raise BundleError(
                     f"{where}: graph {name!r} ({precision}) is not listed under 'files'"
                 )
+        for precision in self.graphs:
+            if precision not in PRECISIONS:
+                raise BundleError(f"{where}: graph precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        for precision in self.precisions:
+            if precision not in self.graphs:
+                raise BundleError(f"{where}: 'precisions' describes {precision!r}, which has no graph")
         unknown = [o for o in self.outputs if o not in OUTPUTS]
         if "mask" not in self.outputs or unknown:
             raise BundleError(

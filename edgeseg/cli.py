@@ -121,6 +121,32 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
     click.echo("GFLOPs for 21 classes, one RGB frame; deformable convs count as their plain convs.")
 
 
+def _int8_options(command: Any) -> Any:
+    """The INT8 options shared by ``build`` and ``calibrate`` (unset ones take the API's defaults)."""
+    options = [
+        click.option("--calib", type=click.Path(path_type=Path), default=None,
+                     help="INT8 calibration set: a folder of images (recursive), a video or an .npz."),
+        click.option("--calib-size", type=int, default=None, help="Frames of --calib to use [200], spread evenly."),
+        click.option("--seed", type=int, default=None, help="Seed of the calibration frame pick [0]."),
+        click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+                     help="Calibration method [entropy]."),
+        click.option("--placement", type=click.Choice(["cpu", "tensorrt"]), default=None,
+                     help="Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [cpu]."),
+        click.option("--mixed-precision/--no-mixed-precision", default=None,
+                     help="Keep the most sensitive layers in float until the target holds [on]."),
+        click.option("--trt-cache-version", default=None,
+                     help="TensorRT version in the legacy calibration cache's header [10.3.0]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user set (the API supplies the defaults of the others)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @cli.command("build")
 @click.option("--model", "model_name", required=True, help="Zoo model name (see `edgeseg models`).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
@@ -136,14 +162,25 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
 @click.option("--std", default=None, help="Comma-separated per-channel std, 0..1 [ImageNet].")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. -o backbone=resnet50).")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: FP16 graph, I/O and sensitive ops FP32; int8: explicit Q/DQ from --calib.")
 @click.option("--outputs", default="mask", show_default=True,
               help="Comma-separated graph outputs: mask plus probs and/or logits.")
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
-              help="Folder of images for the parity check [default: generated images].")
+              help="Folder of images for the parity checks [default: generated images; for int8, "
+                   "frames held out of --calib].")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels of --samples (matched by name): enables --max-miou-drop.")
+@click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
+              show_default=True)
+@click.option("--ignore-index", type=int, default=None, help="Label id left out of the mIoU (CamVid: 11).")
 @click.option("--num-samples", type=int, default=8, show_default=True)
-@click.option("--min-agreement", type=float, default=0.999, show_default=True,
-              help="Fail when ONNX Runtime and PyTorch masks agree on fewer pixels.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Fail when masks agree on fewer pixels: fp32 vs PyTorch [0.999], fp16/int8 vs fp32 "
+                   "[0.995/0.99].")
+@click.option("--max-miou-drop", type=float, default=None,
+              help="fp16/int8: mIoU points the graph may lose against fp32 (needs --labels).")
+@_int8_options
 @click.option("--dynamic", is_flag=True, help="Symbolic height and width.")
 @click.option("--opset", type=int, default=19, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -166,8 +203,19 @@ def build_cmd(
     precision: str,
     outputs: str,
     samples: Path | None,
+    labels: Path | None,
+    label_format: str,
+    ignore_index: int | None,
     num_samples: int,
-    min_agreement: float,
+    min_agreement: float | None,
+    max_miou_drop: float | None,
+    calib: Path | None,
+    calib_size: int | None,
+    seed: int | None,
+    method: str | None,
+    placement: str | None,
+    mixed_precision: bool | None,
+    trt_cache_version: str | None,
     dynamic: bool,
     opset: int,
     force: bool,
@@ -203,8 +251,17 @@ def build_cmd(
         options=parsed,
         outputs=[o.strip() for o in outputs.split(",") if o.strip()],
         samples=samples,
+        labels=labels,
+        label_format=label_format,
+        ignore_index=ignore_index,
         num_samples=num_samples,
         min_agreement=min_agreement,
+        max_miou_drop=max_miou_drop,
+        calib=calib,
+        **_given(
+            calib_size=calib_size, calib_seed=seed, method=method, placement=placement,
+            mixed_precision=mixed_precision, trt_cache_version=trt_cache_version,
+        ),
         dynamic=dynamic,
         opset=opset,
         overwrite=force,
@@ -220,6 +277,36 @@ def build_cmd(
         f"{size / 1e6:.1f} MB; parity: agreement {parity['agreement']:.4%}, "
         f"max abs logit error {parity['max_abs_error']:.2e} (logits up to {parity['max_abs_logit']:.3g})"
     )
+    for line in _precision_lines(bundle.manifest):
+        click.echo(line)
+
+
+def _precision_lines(manifest: Any) -> list[str]:
+    """One line per lower-precision graph: its figures and what stayed in float."""
+    lines = []
+    for precision, info in manifest.precisions.items():
+        par = info.get("parity", {})
+        text = (
+            f"{precision:<11} {info.get('graph')}: agreement with fp32 {par.get('agreement', float('nan')):.4%}"
+        )
+        if par.get("miou_drop") is not None:
+            text += f", mIoU {100 * par['miou']:.2f} (drop {par['miou_drop']:.2f} points)"
+        text += f" over {par.get('samples')} images of {par.get('sample_source')}"
+        quant = info.get("quantization")
+        if quant:
+            kept = quant.get("kept_float", [])
+            text += (
+                f"; {quant['method']} calibration on {quant['calibration'].get('used')} images, "
+                f"{quant['placement']} placement, {quant['quantized_nodes']} nodes quantized, "
+                f"{len(kept)} kept in float" + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else "")
+            )
+        half = info.get("fp16")
+        if half:
+            text += f"; {half['fp16_nodes']} nodes in fp16, kept fp32: " + ", ".join(
+                f"{op} x{n}" for op, n in half["kept_by_op"].items()
+            )
+        lines.append(text)
+    return lines
 
 
 def _crf_settings(items: tuple[str, ...]) -> dict[str, float | int]:
@@ -256,6 +343,69 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise ConfigError(f"{flag} {text!r} is not comma-separated numbers") from err
 
 
+@cli.command("calibrate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_int8_options
+@click.option("--samples", type=click.Path(path_type=Path), default=None,
+              help="Images to judge the INT8 graph on [default: frames held out of --calib].")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels of --samples (matched by name): enables --max-miou-drop.")
+@click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
+              show_default=True)
+@click.option("--ignore-index", type=int, default=None, help="Label id left out of the mIoU (CamVid: 11).")
+@click.option("--num-samples", type=int, default=16, show_default=True)
+@click.option("--min-agreement", type=float, default=None,
+              help="Pixel agreement with the fp32 graph the INT8 graph must reach [0.99].")
+@click.option("--max-miou-drop", type=float, default=None, help="mIoU points INT8 may lose (needs --labels).")
+@click.option("--keep-precision", is_flag=True,
+              help="Keep the bundle's default precision (otherwise it runs int8 by default).")
+def calibrate_cmd(
+    bundle: Path,
+    calib: Path | None,
+    calib_size: int | None,
+    seed: int | None,
+    method: str | None,
+    placement: str | None,
+    mixed_precision: bool | None,
+    trt_cache_version: str | None,
+    samples: Path | None,
+    labels: Path | None,
+    label_format: str,
+    ignore_index: int | None,
+    num_samples: int,
+    min_agreement: float | None,
+    max_miou_drop: float | None,
+    keep_precision: bool,
+) -> None:
+    """Add an INT8 graph (explicit Q/DQ) to a bundle, calibrated on --calib."""
+    if calib is None:
+        raise click.UsageError("--calib is required: a folder of images, a video or an .npz")
+    from converters.precision import calibrate_bundle
+
+    start = time.perf_counter()
+    updated = calibrate_bundle(
+        bundle,
+        calib,
+        samples=samples,
+        labels=labels,
+        label_format=label_format,
+        ignore_index=ignore_index,
+        num_samples=num_samples,
+        min_agreement=min_agreement,
+        max_miou_drop=max_miou_drop,
+        make_default=not keep_precision,
+        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
+        **_given(
+            calib_size=calib_size, seed=seed, method=method, placement=placement,
+            mixed_precision=mixed_precision, trt_cache_version=trt_cache_version,
+        ),
+    )
+    click.echo(f"calibrated {updated.path} in {time.perf_counter() - start:.1f}s; default precision "
+               f"{updated.manifest.precision}")
+    for line in _precision_lines(updated.manifest):
+        click.echo(line)
+
+
 @cli.command("info")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
@@ -285,12 +435,14 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         "files       " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in m.files.items()),
         "versions    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
     ]
+    lines += [f"graphs      {', '.join(f'{p}: {g}' for p, g in m.graphs.items())}"]
+    lines += _precision_lines(m)
     if m.crf:
         settings = ", ".join(f"{k}={v}" for k, v in m.crf.get("params", {}).items())
         lines.append(f"crf         {m.crf.get('mode')}: {settings}")
     if parity:
         lines.append(
-            f"parity      agreement {parity.get('agreement', float('nan')):.4%} "
+            f"fp32        parity with PyTorch: agreement {parity.get('agreement', float('nan')):.4%} "
             f"(worst image {parity.get('worst_image_agreement', float('nan')):.4%}), "
             f"max abs logit error {parity.get('max_abs_error', float('nan')):.2e} "
             f"(logits up to {parity.get('max_abs_logit', float('nan')):.3g}), "

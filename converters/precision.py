@@ -1,0 +1,401 @@
+"""FP16 and INT8 graphs of a bundle, measured on the CPU before any device sees them.
+
+Shared by ``edgeseg.build(precision=...)`` (from a fresh FP32 graph) and
+``edgeseg calibrate`` (from an existing bundle's graph). The float graph is
+the reference: a lower-precision graph is judged by how well its masks agree
+with the float graph's, and by its mIoU when labels are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from PIL import Image
+
+from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
+from calibration.quantize import (
+    DEFAULT_METHOD,
+    METHODS,
+    PLACEMENTS,
+    collect_statistics,
+    quantize,
+    quantized_nodes,
+)
+from edgeseg.bundle import InputSpec
+from edgeseg.errors import ConfigError, InputError, ParityError
+from edgeseg.runtime.image import prepare
+from edgeseg.runtime.sources import list_images, read_image
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
+DEFAULT_CALIB_SIZE = 200
+DEFAULT_EVAL_IMAGES = 16
+DEFAULT_PLACEMENT = "cpu"
+# The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
+DEFAULT_TRT_CACHE_VERSION = "10.3.0"
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+TRT_CACHE_FILE = "calibration.cache"
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """How to make the INT8 graph (the API's and the CLI's options)."""
+
+    calib: str | os.PathLike[str] | None = None
+    calib_size: int = DEFAULT_CALIB_SIZE
+    seed: int = 0
+    method: str = DEFAULT_METHOD
+    placement: str = DEFAULT_PLACEMENT
+    mixed_precision: bool = True
+    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION
+
+    def check(self) -> None:
+        if self.calib is None:
+            raise ConfigError(
+                "int8 needs a calibration set: calib=PATH (--calib), a folder of images, a video or an .npz"
+            )
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.calib_size < 1:
+            raise ConfigError(f"calib_size must be >= 1, got {self.calib_size}")
+
+
+@dataclass
+class EvalSet:
+    """Held-out images (and labels) a lower-precision graph is judged on."""
+
+    images: np.ndarray
+    source: str
+    names: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    ignore_index: int | None = None
+
+
+@dataclass
+class Lowered:
+    """A lower-precision graph (every output of the float graph) and what the manifest records."""
+
+    precision: str
+    graph: onnx.ModelProto
+    info: dict[str, Any]
+    figures: Figures
+    eval_set: EvalSet
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+
+    def parity(self) -> dict[str, Any]:
+        """The figures against the float graph, as the manifest records them."""
+        return {
+            **self.figures.to_json(),
+            "reference": "fp32 graph (onnxruntime-cpu)",
+            "backend": "onnxruntime-cpu",
+            "samples": int(len(self.eval_set.images)),
+            "sample_source": self.eval_set.source,
+            "labelled": self.eval_set.labels is not None,
+        }
+
+
+def load_eval_set(
+    folder: str | os.PathLike[str],
+    spec: InputSpec,
+    *,
+    limit: int,
+    labels: str | os.PathLike[str] | None = None,
+    label_format: str = "auto",
+    ignore_index: int | None = None,
+) -> EvalSet:
+    """Up to ``limit`` images of ``folder`` (evenly spread), prepared as the runtime does,
+    with their labels resized (nearest) to the graph's size when ``labels`` is given.
+
+    Raises:
+        ConfigError: the folder is missing or has no usable image, or no label matches.
+    """
+    from edgeseg.labels import default_ignore_index, pair_labels, read_label
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"samples folder {root} does not exist or is not a folder")
+    files = list_images(root, recursive=True)
+    if labels is not None:
+        pairs = pair_labels(files, labels)
+        files = list(pairs)
+    if not files:
+        raise ConfigError(f"samples folder {root} has no images (png, jpg, bmp, tif)")
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    images, names, label_maps = [], [], []
+    for file in files:
+        try:
+            image = prepare(read_image(file), spec)[0]
+            label = read_label(pairs[file], format=label_format) if labels is not None else None
+        except InputError as err:
+            log.warning("skipping evaluation image: %s", err)
+            continue
+        if label is not None:
+            if label.shape[:2] != (image.shape[0], image.shape[1]):
+                label = np.asarray(
+                    Image.fromarray(label).resize((image.shape[1], image.shape[0]), Image.Resampling.NEAREST)
+                )
+            label_maps.append(label)
+        images.append(image)
+        names.append(str(file.relative_to(root)))
+    if not images:
+        raise ConfigError(f"samples folder {root}: none of {len(files)} images could be read")
+    if len({im.shape for im in images}) > 1:
+        raise ConfigError(f"samples in {root} come out at different sizes; use a static-size bundle")
+    ignore = ignore_index if ignore_index is not None else (default_ignore_index(label_format) if labels else None)
+    return EvalSet(
+        np.stack(images), str(root), names, np.stack(label_maps) if label_maps else None, ignore
+    )
+
+
+def lower_precision(
+    graph: onnx.ModelProto,
+    spec: InputSpec,
+    precision: str,
+    *,
+    eval_set: EvalSet | None,
+    options: QuantOptions | None = None,
+    min_agreement: float | None = None,
+    max_miou_drop: float | None = None,
+    say: Say | None = None,
+) -> Lowered:
+    """Makes the FP16 or INT8 graph of a float bundle graph and checks it against the target.
+
+    Args:
+        graph: the float graph (uint8 ``image`` in; mask, and logits exposed or not).
+        spec: the bundle's input, for the calibration set's pre-processing.
+        precision: ``fp16`` or ``int8``.
+        eval_set: held-out images to judge on. For INT8 without one, frames of
+            the calibration source that calibration does not use are held out.
+        options: INT8 options (calibration set, method, placement, mixed precision).
+        min_agreement: pixel agreement with the float graph the result must reach
+            (default 0.995 for fp16, 0.99 for int8).
+        max_miou_drop: mIoU points the result may lose (needs labels in ``eval_set``).
+
+    Raises:
+        ConfigError: a bad option or calibration set.
+        ParityError: the graph misses the target (with mixed precision too); nothing is kept.
+    """
+    tell = say or (lambda message: log.info("%s", message))
+    if precision not in ("fp16", "int8"):
+        raise ConfigError(f"lower precision must be 'fp16' or 'int8', got {precision!r}")
+    target = Target(
+        min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT[precision], max_miou_drop
+    )
+    if max_miou_drop is not None and (eval_set is None or eval_set.labels is None):
+        raise ConfigError("max_miou_drop needs labelled evaluation images: samples=DIR and labels=DIR")
+    if precision == "fp16":
+        return _fp16(graph, eval_set, target, tell)
+    opts = options or QuantOptions()
+    opts.check()
+    return _int8(graph, spec, eval_set, opts, target, tell)
+
+
+def _fp16(graph: onnx.ModelProto, eval_set: EvalSet | None, target: Target, tell: Say) -> Lowered:
+    from calibration.fp16 import to_fp16
+
+    if eval_set is None:
+        raise ConfigError("fp16 needs evaluation images")
+    tell("converting to fp16 (inputs, outputs and sensitive operators stay fp32)")
+    half, info = to_fp16(graph)
+    evaluator = _evaluator(graph, eval_set)
+    figures = evaluator.evaluate(half)
+    tell(f"fp16 vs fp32 in ONNX Runtime: agreement {figures.agreement:.4%}")
+    _enforce("fp16", figures, target, eval_set)
+    record = {
+        "fp16": {k: info[k] for k in ("kept_by_op", "fp16_nodes", "casts_added")}
+        | {"kept_fp32": sorted(info["kept_fp32"].items())},
+        "target": target.to_json(),
+    }
+    return Lowered("fp16", half, record, figures, eval_set)
+
+
+def _int8(
+    graph: onnx.ModelProto, spec: InputSpec, eval_set: EvalSet | None, opts: QuantOptions,
+    target: Target, tell: Say,
+) -> Lowered:
+    from calibration.sets import load_calibration_set
+    from calibration.tensorrt_cache import cache_from_ranges
+
+    assert opts.calib is not None
+    held_out = eval_set is None
+    extra = DEFAULT_EVAL_IMAGES if held_out else 0
+    tell(f"reading the calibration set {opts.calib}")
+    calib = load_calibration_set(
+        opts.calib, spec, size=opts.calib_size + extra, seed=opts.seed,
+        progress=_every("calibration images", tell),
+    )
+    images = calib.images
+    if held_out:
+        if len(images) < 2 * extra:
+            raise ConfigError(
+                f"calibration set {opts.calib}: {len(images)} usable images are too few to hold "
+                f"{extra} out for evaluation; give samples=DIR (--samples) or more images"
+            )
+        picks = set(np.linspace(0, len(images) - 1, extra).round().astype(int).tolist())
+        eval_set = EvalSet(
+            images[sorted(picks)], f"{opts.calib} (held out from calibration)",
+            [calib.picked[i] for i in sorted(picks)] if len(calib.picked) == len(images) else [],
+        )
+        images = images[[i for i in range(len(images)) if i not in picks]]
+    assert eval_set is not None
+    tell(f"calibrating ({opts.method}) on {len(images)} images")
+    stats = collect_statistics(graph, images, method=opts.method, progress=_every("calibrated", tell))
+    evaluator = _evaluator(graph, eval_set)
+    if opts.mixed_precision:
+        result = search_float_layers(graph, stats, evaluator, target, placement=opts.placement, say=tell)
+        model, figures, mixed = result.model, result.figures, result
+    else:
+        model = quantize(graph, stats, placement=opts.placement)
+        figures, mixed = evaluator.evaluate(model), None
+    _enforce("int8", figures, target, eval_set, mixed)
+
+    qdq: dict[str, Any] | None = None
+    if opts.placement == "tensorrt":
+        from calibration.qdq_rules import check_tensorrt_qdq
+
+        report = check_tensorrt_qdq(model)
+        report.raise_for_violations()
+        qdq = {k: v for k, v in report.to_json().items() if k != "violations"}
+    cache = cache_from_ranges(stats.ranges, opts.trt_cache_version)
+    summary = calib.summary()
+    if held_out:
+        summary["held_out_for_evaluation"] = len(eval_set.images)
+        summary["used"] = len(images)
+    record: dict[str, Any] = {
+        "quantization": {
+            "method": opts.method,
+            "placement": opts.placement,
+            "percentile": stats.percentile,
+            "calibration": summary,
+            "quantized_nodes": len(quantized_nodes(model)),
+            "mixed_precision": mixed.to_json() if mixed is not None else {"enabled": False},
+            "kept_float": [s.node for s in mixed.kept_float] if mixed is not None else [],
+            "tensorrt_rules": qdq,
+            "trt_cache": {"file": TRT_CACHE_FILE, "header": cache.header(), "tensors": len(cache.scales)},
+        },
+        "target": target.to_json(),
+    }
+    return Lowered("int8", model, record, figures, eval_set, {TRT_CACHE_FILE: cache.to_bytes()})
+
+
+def _evaluator(graph: onnx.ModelProto, eval_set: EvalSet) -> Evaluator:
+    return Evaluator.from_graph(
+        graph, eval_set.images, labels=eval_set.labels, ignore_index=eval_set.ignore_index
+    )
+
+
+def _enforce(
+    precision: str, figures: Figures, target: Target, eval_set: EvalSet,
+    mixed: MixedPrecision | None = None,
+) -> None:
+    failures = target.failures(figures)
+    if not failures:
+        return
+    how = ""
+    if mixed is not None:
+        how = f" even with {len(mixed.kept_float)} of {len(mixed.sensitivity)} layers kept in float"
+    elif precision == "int8":
+        how = " (mixed precision was off: turn it on to keep sensitive layers in float)"
+    raise ParityError(
+        f"the {precision} graph misses the target{how}: {'; '.join(failures)} against the float graph "
+        f"over {len(eval_set.images)} images of {eval_set.source}; nothing was written"
+    )
+
+
+def _every(what: str, tell: Say, step: int = 25) -> Callable[[int, int], None]:
+    def progress(done: int, total: int) -> None:
+        if done == total or done % step == 0:
+            tell(f"{what}: {done}/{total}")
+
+    return progress
+
+
+def graph_files(precisions: Sequence[str]) -> dict[str, str]:
+    """Bundle file names of the graphs of ``precisions``."""
+    return {p: GRAPH_FILES[p] for p in precisions}
+
+
+def calibrate_bundle(
+    bundle: str | os.PathLike[str],
+    calib: str | os.PathLike[str],
+    *,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    seed: int = 0,
+    method: str = DEFAULT_METHOD,
+    placement: str = DEFAULT_PLACEMENT,
+    mixed_precision: bool = True,
+    samples: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    label_format: str = "auto",
+    ignore_index: int | None = None,
+    num_samples: int = DEFAULT_EVAL_IMAGES,
+    min_agreement: float | None = None,
+    max_miou_drop: float | None = None,
+    make_default: bool = True,
+    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION,
+    progress: Say | None = None,
+) -> Any:
+    """Adds (or replaces) the INT8 graph of an existing bundle, calibrated on ``calib``.
+
+    The bundle's FP32 graph is quantized and judged against itself in ONNX
+    Runtime (on ``samples``, or on frames of ``calib`` held out from
+    calibration). The bundle is rewritten atomically with ``model.int8.onnx``
+    and ``calibration.cache`` added; with ``make_default`` it runs INT8 by default.
+
+    Returns:
+        The rewritten, verified :class:`edgeseg.bundle.Bundle`.
+
+    Raises:
+        BundleError: the bundle is missing, altered or has no FP32 graph.
+        ConfigError: a bad option or calibration set.
+        ParityError: the INT8 graph misses the target; the bundle is left as it was.
+    """
+    from edgeseg.bundle import Bundle, Manifest, write_bundle
+
+    say = progress or (lambda message: log.info("%s", message))
+    if labels is not None and samples is None:
+        raise ConfigError("labels need samples=DIR (--samples): the images they label")
+    loaded = Bundle.load(bundle)
+    manifest = loaded.manifest
+    graph = onnx.load(str(loaded.graph("fp32")))
+    eval_set = None
+    if samples is not None:
+        eval_set = load_eval_set(
+            samples, manifest.input, limit=num_samples, labels=labels, label_format=label_format,
+            ignore_index=ignore_index,
+        )
+    opts = QuantOptions(calib, calib_size, seed, method, placement, mixed_precision, trt_cache_version)
+    lowered = lower_precision(
+        graph, manifest.input, "int8", eval_set=eval_set, options=opts,
+        min_agreement=min_agreement, max_miou_drop=max_miou_drop, say=say,
+    )
+    lowered.info["parity"] = lowered.parity()
+    name = GRAPH_FILES["int8"]
+    files: dict[str, bytes | Path] = {
+        n: loaded.path / n for n in manifest.files if n not in (name, TRT_CACHE_FILE)
+    }
+    files[name] = lowered.graph.SerializeToString()
+    files.update(lowered.extra_files)
+    updated = Manifest(
+        **{
+            **manifest.__dict__,
+            "precision": "int8" if make_default else manifest.precision,
+            "graphs": {**manifest.graphs, "int8": name},
+            "precisions": {**manifest.precisions, "int8": {"graph": name, **lowered.info}},
+        }
+    )
+    say(f"writing {loaded.path}")
+    return write_bundle(loaded.path, updated, files, overwrite=True)
