@@ -142,6 +142,21 @@ def _int8_options(command: Any) -> Any:
     return command
 
 
+def _label_options(command: Any) -> Any:
+    """Labels for the evaluation images of ``build`` and ``calibrate``."""
+    options = [
+        click.option("--labels", type=click.Path(path_type=Path), default=None,
+                     help="Labels of --samples (matched by name): enables --max-miou-drop."),
+        click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]),
+                     default="auto", show_default=True),
+        click.option("--ignore-index", type=int, default=None,
+                     help="Label id left out of the mIoU (CamVid: 11)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _given(**values: Any) -> dict[str, Any]:
     """The options the user set (the API supplies the defaults of the others)."""
     return {k: v for k, v in values.items() if v is not None}
@@ -169,11 +184,7 @@ def _given(**values: Any) -> dict[str, Any]:
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Folder of images for the parity checks [default: generated images; for int8, "
                    "frames held out of --calib].")
-@click.option("--labels", type=click.Path(path_type=Path), default=None,
-              help="Labels of --samples (matched by name): enables --max-miou-drop.")
-@click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
-              show_default=True)
-@click.option("--ignore-index", type=int, default=None, help="Label id left out of the mIoU (CamVid: 11).")
+@_label_options
 @click.option("--num-samples", type=int, default=8, show_default=True)
 @click.option("--min-agreement", type=float, default=None,
               help="Fail when masks agree on fewer pixels: fp32 vs PyTorch [0.999], fp16/int8 vs fp32 "
@@ -209,18 +220,12 @@ def build_cmd(
     num_samples: int,
     min_agreement: float | None,
     max_miou_drop: float | None,
-    calib: Path | None,
-    calib_size: int | None,
-    seed: int | None,
-    method: str | None,
-    placement: str | None,
-    mixed_precision: bool | None,
-    trt_cache_version: str | None,
     dynamic: bool,
     opset: int,
     force: bool,
     crf_mode: str,
     crf_settings: tuple[str, ...],
+    **int8: Any,
 ) -> None:
     """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/."""
     from edgeseg._lazy import import_build_module
@@ -257,11 +262,7 @@ def build_cmd(
         num_samples=num_samples,
         min_agreement=min_agreement,
         max_miou_drop=max_miou_drop,
-        calib=calib,
-        **_given(
-            calib_size=calib_size, calib_seed=seed, method=method, placement=placement,
-            mixed_precision=mixed_precision, trt_cache_version=trt_cache_version,
-        ),
+        **_given(**{("calib_seed" if k == "seed" else k): v for k, v in int8.items()}),
         dynamic=dynamic,
         opset=opset,
         overwrite=force,
@@ -348,11 +349,7 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @_int8_options
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Images to judge the INT8 graph on [default: frames held out of --calib].")
-@click.option("--labels", type=click.Path(path_type=Path), default=None,
-              help="Labels of --samples (matched by name): enables --max-miou-drop.")
-@click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
-              show_default=True)
-@click.option("--ignore-index", type=int, default=None, help="Label id left out of the mIoU (CamVid: 11).")
+@_label_options
 @click.option("--num-samples", type=int, default=16, show_default=True)
 @click.option("--min-agreement", type=float, default=None,
               help="Pixel agreement with the fp32 graph the INT8 graph must reach [0.99].")
@@ -361,13 +358,6 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
               help="Keep the bundle's default precision (otherwise it runs int8 by default).")
 def calibrate_cmd(
     bundle: Path,
-    calib: Path | None,
-    calib_size: int | None,
-    seed: int | None,
-    method: str | None,
-    placement: str | None,
-    mixed_precision: bool | None,
-    trt_cache_version: str | None,
     samples: Path | None,
     labels: Path | None,
     label_format: str,
@@ -376,8 +366,10 @@ def calibrate_cmd(
     min_agreement: float | None,
     max_miou_drop: float | None,
     keep_precision: bool,
+    **int8: Any,
 ) -> None:
     """Add an INT8 graph (explicit Q/DQ) to a bundle, calibrated on --calib."""
+    calib = int8.pop("calib")
     if calib is None:
         raise click.UsageError("--calib is required: a folder of images, a video or an .npz")
     from converters.precision import calibrate_bundle
@@ -395,10 +387,7 @@ def calibrate_cmd(
         max_miou_drop=max_miou_drop,
         make_default=not keep_precision,
         progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
-        **_given(
-            calib_size=calib_size, seed=seed, method=method, placement=placement,
-            mixed_precision=mixed_precision, trt_cache_version=trt_cache_version,
-        ),
+        **_given(**int8),
     )
     click.echo(f"calibrated {updated.path} in {time.perf_counter() - start:.1f}s; default precision "
                f"{updated.manifest.precision}")
