@@ -198,8 +198,14 @@ class CalibrationStats:
             if method not in METHODS:
                 raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
             ranges = {str(k): (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}
-            return cls(method, ranges, int(data["images"]), data.get("percentile"))
-        except (KeyError, TypeError, ValueError, IndexError) as err:
+            bad = [k for k, (lo, hi) in ranges.items() if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi)]
+            if bad:
+                raise ValueError(f"tensor {bad[0]!r} has a range that is not finite with low <= high")
+            images = int(data["images"])
+            if images < 1:
+                raise ValueError(f"images must be >= 1, got {images}")
+            return cls(method, ranges, images, data.get("percentile"))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             raise ConfigError(f"calibration statistics are malformed: {err}") from err
 
 
@@ -295,7 +301,11 @@ def quantize(
         model: the float bundle graph.
         stats: from :func:`collect_statistics` on the same graph.
         placement: ``cpu`` or ``tensorrt`` (see the module's docstring).
-        keep_float: body nodes to leave in float (mixed precision).
+        keep_float: body nodes to leave in float (mixed precision). With the
+            ``tensorrt`` placement such a node reads float inputs. With ``cpu``
+            its weights and arithmetic are float, but an input whose producer is
+            quantized keeps that producer's Q/DQ (ONNX Runtime quantizes tensors,
+            not edges), so some of its input's rounding remains.
         only: quantize just these nodes (the sensitivity analysis uses one at a time).
 
     Raises:
@@ -306,6 +316,8 @@ def quantize(
 
     _check_placement(placement)
     named = name_nodes(model)
+    if only is not None and not only:
+        return named  # nothing to quantize (ONNX Runtime would read an empty list as "all")
     regions = split_regions(named)
     known = {n.name for n in named.graph.node}
     unknown = sorted(set(keep_float) - known) + sorted(set(only or ()) - known)

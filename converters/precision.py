@@ -40,6 +40,7 @@ Say = Callable[[str], None]
 DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
 DEFAULT_CALIB_SIZE = 200
 DEFAULT_EVAL_IMAGES = 16
+MIN_CALIBRATION_IMAGES = 8
 DEFAULT_PLACEMENT = "cpu"
 # The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
 DEFAULT_TRT_CACHE_VERSION = "10.3.0"
@@ -239,10 +240,12 @@ def _int8(
     )
     images = calib.images
     if held_out:
-        if len(images) < 2 * extra:
+        keep = min(MIN_CALIBRATION_IMAGES, opts.calib_size)
+        if len(images) - extra < keep:
             raise ConfigError(
                 f"calibration set {opts.calib}: {len(images)} usable images are too few to hold "
-                f"{extra} out for evaluation; give samples=DIR (--samples) or more images"
+                f"{extra} out for evaluation and calibrate on at least {keep}; give samples=DIR "
+                "(--samples) to evaluate on, or a source with more images"
             )
         picks = set(np.linspace(0, len(images) - 1, extra).round().astype(int).tolist())
         eval_set = EvalSet(

@@ -103,9 +103,12 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     for attr in node.attribute:
         graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
         for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            local |= {o for n in g.node for o in n.output}
             for n in g.node:
-                names.update(i for i in n.input if i)
-                names |= _subgraph_inputs(n)
+                names.update(i for i in n.input if i and i not in local)
+                names |= _subgraph_inputs(n) - local
+            names.update(o.name for o in g.output if o.name not in local)
     return names
 
 
