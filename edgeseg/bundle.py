@@ -127,6 +127,9 @@ class Manifest:
     crf: dict[str, Any] | None = None
     # per lower-precision graph ("fp16", "int8"): its parity with the float graph and how it was made
     precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # TensorRT engines built from the graphs: one dict per engine (file, inspector, gpu, sm,
+    # trt_version, precision, profile, dla_core, built_at, ...); see converters.tensorrt.add_engine
+    engines: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -149,6 +152,7 @@ class Manifest:
             "parity": self.parity,
             "crf": self.crf,
             "precisions": self.precisions,
+            "engines": [dict(e) for e in self.engines],
         }
 
     @classmethod
@@ -186,6 +190,7 @@ class Manifest:
                 parity=dict(data["parity"]),
                 crf=dict(data["crf"]) if data.get("crf") else None,
                 precisions={str(k): dict(v) for k, v in (data.get("precisions") or {}).items()},
+                engines=[dict(e) for e in (data.get("engines") or [])],
             )
         except BundleError:
             raise
@@ -223,6 +228,25 @@ class Manifest:
         for precision in self.precisions:
             if precision not in self.graphs:
                 raise BundleError(f"{where}: 'precisions' describes {precision!r}, which has no graph")
+        engine_files: set[str] = set()
+        for engine in self.engines:
+            plan = engine.get("file")
+            if plan not in self.files:
+                raise BundleError(f"{where}: engine {plan!r} is not listed under 'files'")
+            if plan in engine_files:
+                raise BundleError(f"{where}: engine {plan!r} is listed twice under 'engines'")
+            engine_files.add(str(plan))
+            inspector = engine.get("inspector")
+            if inspector is not None and inspector not in self.files:
+                raise BundleError(
+                    f"{where}: engine {plan!r}: its layer information {inspector!r} is not listed "
+                    "under 'files'"
+                )
+            if engine.get("precision") not in PRECISIONS:
+                raise BundleError(
+                    f"{where}: engine {plan!r}: precision {engine.get('precision')!r} is not one of "
+                    f"{', '.join(PRECISIONS)}"
+                )
         unknown = [o for o in self.outputs if o not in OUTPUTS]
         if "mask" not in self.outputs or unknown:
             raise BundleError(

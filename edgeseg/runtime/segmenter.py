@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.bundle import Bundle, Manifest
-from edgeseg.errors import BundleError, ConfigError
-from edgeseg.runtime.backends import Backend, create_backend, resolve_backend
+from edgeseg.errors import BackendError, BundleError, ConfigError
+from edgeseg.runtime.backends import (
+    Backend,
+    create_backend,
+    create_bundle_backend,
+    resolve_backend,
+)
 from edgeseg.runtime.image import NearestResizer, model_size, prepare
 from edgeseg.runtime.profiling import Profiler, ProfileSummary
 
@@ -46,7 +51,9 @@ class Segmenter:
 
     Args:
         path: the ``NAME.edgeseg`` bundle directory.
-        backend: ``"auto"`` (the best available) or a backend name.
+        backend: ``"auto"`` (the best available: TensorRT when tensorrt and pycuda are
+            installed, a GPU is present and the bundle has, or can build, an engine
+            for it; otherwise ONNX Runtime), ``"onnxruntime"`` or ``"tensorrt"``.
         precision: which of the bundle's graphs to run (default: the one it was built for).
         outputs: extra outputs to return besides ``mask``: any of ``probs``,
             ``logits`` that the bundle has. Default: none (masks only, least copying).
@@ -54,7 +61,8 @@ class Segmenter:
         crf: run the bundle's dense-CRF stage (default: on when it has one).
             A ``separate`` CRF can be switched off; a ``fused`` one cannot.
         profile_window: how many recent frames ``profile()`` summarises.
-        **backend_options: passed to the backend (e.g. ``threads=2``).
+        **backend_options: passed to the backend (e.g. ``threads=2`` for onnxruntime,
+            ``cuda_graph=True`` for tensorrt).
 
     Example:
         >>> seg = Segmenter("road.edgeseg")              # doctest: +SKIP
@@ -90,15 +98,29 @@ class Segmenter:
                 "to switch it at run time"
             )
         self.crf = info is not None if crf is None else bool(crf)
-        self.backend_name = resolve_backend(backend)
+        self.backend_name = resolve_backend(
+            backend, bundle=self.bundle, precision=self.precision, options=backend_options
+        )
         self._crf_backend: Backend | None = None
-        self._backend: Backend | None = create_backend(self.backend_name, graph, **backend_options)
+        try:
+            self._backend: Backend | None = create_bundle_backend(
+                self.backend_name, self.bundle, self.precision, **backend_options
+            )
+        except BackendError as err:
+            if backend != "auto" or self.backend_name == "onnxruntime":
+                raise
+            log.warning("the %s backend failed (%s); running on onnxruntime", self.backend_name, err)
+            self.backend_name = "onnxruntime"
+            self._backend = create_bundle_backend(self.backend_name, self.bundle, self.precision)
         if "image" not in self._backend.input_names:
             self.close()
             raise BundleError(f"{graph} has no input named 'image' (inputs: {self._backend.input_names})")
         if self.crf and info is not None and info.get("mode") == "separate":
+            # engines are built for the model's graph: a separate CRF stays on ONNX Runtime
+            crf_backend = "onnxruntime" if self.backend_name == "tensorrt" else self.backend_name
             self._crf_backend = create_backend(
-                self.backend_name, self.bundle.file(str(info["graph"])), **backend_options
+                crf_backend, self.bundle.file(str(info["graph"])),
+                **(backend_options if crf_backend == self.backend_name else {}),
             )
         self._resize_mask = NearestResizer()
         self.profiler = Profiler(window=profile_window)
