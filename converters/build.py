@@ -124,6 +124,8 @@ def build(
     ignore_index: int | None = None,
     max_miou_drop: float | None = None,
     trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION,
+    target: str = "auto",
+    engine: Any = None,
 ) -> Bundle:
     """Builds a bundle from a zoo model name or a ``torch.nn.Module``.
 
@@ -177,6 +179,12 @@ def build(
         max_miou_drop: mIoU points an FP16/INT8 graph may lose against FP32.
         trt_cache_version: TensorRT version written in the header of the
             legacy calibration cache (``calibration.cache``) of INT8 bundles.
+        target: ``cpu`` (ONNX graphs only), ``tensorrt`` (also a TensorRT
+            engine for this GPU) or ``auto`` (an engine when TensorRT and a GPU are
+            here, as on a Jetson; ONNX graphs only elsewhere); see :func:`converters.tensorrt.engine_for_build`.
+        engine: engine options, a :class:`converters.tensorrt.EngineConfig` or a dict
+            of its fields (workspace_mb, opt_level, dla_core, min/opt/max_shape,
+            deform_conv, plugin_library).
 
     Returns:
         The written, verified bundle.
@@ -189,6 +197,11 @@ def build(
         BundleExistsError: ``out`` exists and ``overwrite`` is false.
     """
     say = progress or (lambda message: log.info("%s", message))
+    from converters.tensorrt import TARGETS, coerce_config
+
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    coerce_config(engine)  # bad engine options fail before the export, not after
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     quant = QuantOptions(calib, calib_size, calib_seed, method, placement, mixed_precision, trt_cache_version)
@@ -207,9 +220,9 @@ def build(
     params = _crf_params(crf, crf_params, dynamic)
     if crf == "separate" and "logits" not in wanted:
         wanted.append("logits")  # the CRF stage reads the model's logits
-    target = bundle_path(out)
-    if target.exists() and not overwrite:
-        raise BundleExistsError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+    destination = bundle_path(out)
+    if destination.exists() and not overwrite:
+        raise BundleExistsError(f"{destination} already exists; pass overwrite=True (--force) to replace it")
 
     say("preparing the model")
     resolved = resolve_model(
@@ -291,7 +304,7 @@ def build(
         versus_torch = measure_parity(resolved.module, lowered.graph, spec, lowered.eval_set.images)
         lowered.info["parity"] = {**lowered.parity(), "pytorch": versus_torch}
 
-    say(f"writing {target}")
+    say(f"writing {destination}")
     files: dict[str, bytes] = {}
     crf_info: dict[str, Any] | None = None
     if params is not None:
@@ -332,7 +345,11 @@ def build(
         precisions=precisions,
     )
     files["model.onnx"] = final.SerializeToString()
-    return write_bundle(target, manifest, files, overwrite=overwrite)
+    from converters.tensorrt import engine_for_build
+
+    return engine_for_build(
+        write_bundle(destination, manifest, files, overwrite=overwrite), target, engine, say=say
+    )
 
 
 def _crf_params(

@@ -2,7 +2,10 @@
 
 Errors edgeseg raises on purpose become one line on stderr and exit code 1;
 bad usage exits 2 (click's convention). Build-time commands import torch
-only when they run.
+only when they run; TensorRT is imported only by the commands that use it
+(``build --target tensorrt``, ``engine``, ``run``/``profile`` with
+``--backend tensorrt`` or ``auto`` on a GPU). ``doctor`` exits 0 when the
+TensorRT path is ready and 1 when it is not.
 """
 
 from __future__ import annotations
@@ -157,6 +160,39 @@ def _label_options(command: Any) -> Any:
     return command
 
 
+def _engine_options(command: Any) -> Any:
+    """TensorRT engine options shared by ``build`` and ``engine`` (unset ones take the API's defaults)."""
+    options = [
+        click.option("--workspace-mb", type=int, default=None,
+                     help="TensorRT workspace memory limit in MiB [TensorRT's default: the GPU's memory]."),
+        click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+                     help="Builder optimisation level 0..5 [3]; higher builds longer, may run faster."),
+        click.option("--dla-core", type=int, default=None,
+                     help="Build for this DLA core with GPU fallback (Jetson Orin; fp16/int8, static shapes)."),
+        click.option("--min-shape", default=None, callback=_size_callback,
+                     help="Smallest HxW of the engine's profile (dynamic bundles) [half the input size]."),
+        click.option("--opt-shape", default=None, callback=_size_callback,
+                     help="HxW TensorRT tunes for [the input size]."),
+        click.option("--max-shape", default=None, callback=_size_callback,
+                     help="Largest HxW of the engine's profile [twice the input size]."),
+        click.option("--deform-conv", type=click.Choice(["native", "plugin"]), default=None,
+                     help="Deformable convs: TensorRT's built-in DeformConv, or edgeseg's plugin "
+                          "(libedgeseg_plugins.so) [native]."),
+        click.option("--plugin-library", type=click.Path(path_type=Path), default=None,
+                     help="The plugin library for --deform-conv plugin [the bundle's own]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _engine_config(**values: Any) -> dict[str, Any]:
+    """The engine options the user set, as ``EngineConfig`` fields."""
+    names = {"workspace_mb", "opt_level", "dla_core", "min_shape", "opt_shape", "max_shape",
+             "deform_conv", "plugin_library"}
+    return {k: v for k, v in values.items() if k in names and v is not None}
+
+
 def _given(**values: Any) -> dict[str, Any]:
     """The options the user set (the API supplies the defaults of the others)."""
     return {k: v for k, v in values.items() if v is not None}
@@ -200,6 +236,10 @@ def _given(**values: Any) -> dict[str, Any]:
 @click.option("--crf-param", "crf_settings", multiple=True, metavar="KEY=VALUE",
               help="CRF setting, repeatable: iterations, window, downsample, w_bilateral, theta_alpha, "
                    "theta_beta, w_gaussian, theta_gamma.")
+@click.option("--target", type=click.Choice(["auto", "tensorrt", "cpu"]), default="auto", show_default=True,
+              help="tensorrt: also build a TensorRT engine for this GPU; cpu: ONNX graphs only; auto: "
+                   "an engine when this machine has a GPU and TensorRT.")
+@_engine_options
 def build_cmd(
     model_name: str,
     out: Path | None,
@@ -225,9 +265,18 @@ def build_cmd(
     force: bool,
     crf_mode: str,
     crf_settings: tuple[str, ...],
+    target: str,
+    workspace_mb: int | None,
+    opt_level: int | None,
+    dla_core: int | None,
+    min_shape: tuple[int, int] | None,
+    opt_shape: tuple[int, int] | None,
+    max_shape: tuple[int, int] | None,
+    deform_conv: str | None,
+    plugin_library: Path | None,
     **int8: Any,
 ) -> None:
-    """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/."""
+    """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/ (and an engine)."""
     from edgeseg._lazy import import_build_module
 
     builder = import_build_module()
@@ -269,6 +318,12 @@ def build_cmd(
         progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
         crf=None if crf_mode == "none" else crf_mode,
         crf_params=_crf_settings(crf_settings) if crf_settings else None,
+        target=target,
+        engine=_engine_config(
+            workspace_mb=workspace_mb, opt_level=opt_level, dla_core=dla_core, min_shape=min_shape,
+            opt_shape=opt_shape, max_shape=max_shape, deform_conv=deform_conv,
+            plugin_library=plugin_library,
+        ) or None,
     )
     parity = bundle.manifest.parity
     size = bundle.path.joinpath("model.onnx").stat().st_size
@@ -280,6 +335,90 @@ def build_cmd(
     )
     for line in _precision_lines(bundle.manifest):
         click.echo(line)
+    for line in _engine_lines(bundle.manifest):
+        click.echo(line)
+
+
+def _engine_lines(manifest: Any) -> list[str]:
+    """One line per TensorRT engine of the bundle."""
+    from edgeseg.runtime.backends.tensorrt import describe_engine
+
+    return [f"engine      {describe_engine(entry)}" for entry in manifest.engines]
+
+
+@cli.command("engine")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which of the bundle's graphs [the bundle's precision].")
+@_engine_options
+def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
+    """Build a TensorRT engine for this GPU from a bundle's graph and add it to the bundle."""
+    from converters.tensorrt import add_engine
+
+    start = time.perf_counter()
+    updated = add_engine(
+        bundle, precision, _engine_config(**options),
+        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
+    )
+    click.echo(f"added an engine to {updated.path} in {time.perf_counter() - start:.1f}s")
+    for line in _engine_lines(updated.manifest):
+        click.echo(line)
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Also say which engine this bundle would use here (and check its plugin library).")
+@click.option("--plugin", type=click.Path(path_type=Path), default=None,
+              help="Check this plugin library (libedgeseg_plugins.so).")
+@click.pass_context
+def doctor_cmd(ctx: click.Context, as_json: bool, bundle: Path | None, plugin: Path | None) -> None:
+    """Check GPU, driver, CUDA, TensorRT, pycuda, DLA and plugins; say what to install.
+
+    Exit status: 0 when the TensorRT path is ready (GPU, TensorRT >= 10.3 and
+    pycuda found, no check failed), 1 when it is not (bundles then run on the
+    CPU with onnxruntime), 2 for bad usage.
+    """
+    from edgeseg import doctor
+
+    report = doctor.run(bundle=bundle, plugin=plugin)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.table())
+    ctx.exit(report.exit_code)
+
+
+@cli.group("plugins")
+def plugins_group() -> None:
+    """edgeseg's TensorRT plugins (the deformable convolution)."""
+
+
+@plugins_group.command("build")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Folder for libedgeseg_plugins.so.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Also copy the library into this bundle (engines built with --deform-conv plugin load it).")
+@click.option("--tensorrt-root", type=click.Path(path_type=Path), default=None,
+              help="TensorRT's install folder (include/, lib/) [found automatically].")
+@click.option("--cuda-arch", "cuda_archs", multiple=True,
+              help="CUDA architecture to compile for, repeatable (e.g. 87) [this GPU's: native].")
+@click.option("-j", "--jobs", type=int, default=None, help="Parallel compile jobs [CPU count].")
+def plugins_build_cmd(
+    out_dir: Path, bundle: Path | None, tensorrt_root: Path | None, cuda_archs: tuple[str, ...],
+    jobs: int | None,
+) -> None:
+    """Compile libedgeseg_plugins.so on this machine (needs nvcc, cmake and TensorRT's headers)."""
+    from converters.plugins import build_plugins
+
+    library = build_plugins(
+        out_dir, tensorrt_root=str(tensorrt_root) if tensorrt_root else None,
+        cuda_archs=";".join(cuda_archs) or None, jobs=jobs,
+        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
+    )
+    click.echo(f"built {library}")
+    if bundle is not None:
+        from converters.tensorrt import add_plugin_library
+
+        updated = add_plugin_library(bundle, library)
+        click.echo(f"added {library.name} to {updated.path}")
 
 
 def _precision_lines(manifest: Any) -> list[str]:
@@ -426,6 +565,7 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     ]
     lines += [f"graphs      {', '.join(f'{p}: {g}' for p, g in m.graphs.items())}"]
     lines += _precision_lines(m)
+    lines += _engine_lines(m)
     if m.crf:
         settings = ", ".join(f"{k}={v}" for k, v in m.crf.get("params", {}).items())
         lines.append(f"crf         {m.crf.get('mode')}: {settings}")

@@ -1,0 +1,881 @@
+"""ONNX -> TensorRT engine: strongly typed networks, profiles, timing cache, engines in bundles.
+
+Precision lives in the graph: the engine of a precision is built from that
+precision's graph (``model.onnx``, ``model.fp16.onnx``, ``model.int8.onnx``
+with Q/DQ) as a strongly typed network, the only kind TensorRT 11 builds
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on 10.x). The one
+exception is DLA on TensorRT 10.x (JetPack 6), whose DLA compiler needs the
+legacy weakly typed path: the FP32 graph with ``BuilderFlag.FP16``, or with
+``BuilderFlag.INT8`` and the bundle's calibration cache
+(:mod:`calibration.tensorrt_calibrator`).
+
+The steps read like Polygraphy's loaders: :func:`profile_shapes` (what the
+optimisation profile covers), :func:`engine_from_onnx` (parse, configure,
+build, inspect), :func:`add_engine` (a bundle gains an engine for this
+device, rewritten atomically). The pure parts (profiles, DLA rules, file
+names, the timing-cache path, the target) are tested on the CPU; the
+TensorRT calls are type-checked against ``tensorrt-stubs``
+(``tools/typecheck_tensorrt.py``) and run only on a GPU (``pytest -m gpu``).
+
+This module imports no torch, and onnx only to rewrite deformable
+convolutions for edgeseg's plugin, so an engine can be (re)built on a robot
+that has TensorRT but no build extra.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeseg.bundle import Bundle, InputSpec, Manifest, write_bundle
+from edgeseg.errors import BackendError, ConfigError, EdgesegError, MissingDependencyError
+from edgeseg.runtime.backends.tensorrt import (
+    PLUGIN_LIBRARY,
+    PLUGIN_OP,
+    DeviceInfo,
+    engine_file_name,
+    inspector_file_name,
+    load_plugin_libraries,
+    logged_errors,
+    make_logger,
+    parse_version,
+    probe_device,
+    require_tensorrt,
+    tensorrt_version,
+    trt_short_version,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+TARGETS = ("auto", "tensorrt", "cpu")
+DEFORM_MODES = ("native", "plugin")
+DEFAULT_OPT_LEVEL = 3  # TensorRT's own default
+CACHE_ENV = "EDGESEG_CACHE_DIR"
+STRONGLY_TYPED = "strongly-typed"
+LEGACY_DLA = "legacy-dla"  # TensorRT 10.x DLA: weakly typed, builder precision flags
+CALIBRATION_CACHE = "calibration.cache"  # == converters.precision.TRT_CACHE_FILE
+NATIVE_DEFORM_OP = "DeformConv"
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine is built (defaults defined here once; unknown keys are rejected).
+
+    Attributes:
+        workspace_mb: TensorRT's workspace memory pool limit in MiB (None: TensorRT's
+            default, the device's memory).
+        opt_level: builder optimisation level 0..5 (higher: longer builds, maybe faster engines).
+        dla_core: build for this DLA core with GPU fallback (Jetson AGX/NX Orin), None: the GPU.
+        min_shape: smallest (height, width) of the optimisation profile (dynamic bundles).
+        opt_shape: the (height, width) TensorRT tunes for.
+        max_shape: largest (height, width).
+        deform_conv: ``native`` (TensorRT's built-in DeformConv, FP32/FP16) or ``plugin``
+            (edgeseg's ``EdgesegDeformConv`` from ``libedgeseg_plugins.so``).
+        plugin_library: the plugin library to use (default: the bundle's own).
+        timing_cache: load and save the per-device timing cache (faster rebuilds).
+    """
+
+    workspace_mb: int | None = None
+    opt_level: int = DEFAULT_OPT_LEVEL
+    dla_core: int | None = None
+    min_shape: tuple[int, int] | None = None
+    opt_shape: tuple[int, int] | None = None
+    max_shape: tuple[int, int] | None = None
+    deform_conv: str = "native"
+    plugin_library: Path | None = None
+    timing_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workspace_mb is not None and (
+            isinstance(self.workspace_mb, bool)
+            or not isinstance(self.workspace_mb, int)
+            or self.workspace_mb < 1
+        ):
+            raise ConfigError(
+                f"workspace_mb must be a positive integer (MiB), got {self.workspace_mb!r}"
+            )
+        if (
+            isinstance(self.opt_level, bool)
+            or not isinstance(self.opt_level, int)
+            or not (0 <= self.opt_level <= 5)
+        ):
+            raise ConfigError(f"opt_level must be an integer 0..5, got {self.opt_level!r}")
+        if self.dla_core is not None and (
+            isinstance(self.dla_core, bool)
+            or not isinstance(self.dla_core, int)
+            or self.dla_core < 0
+        ):
+            raise ConfigError(f"dla_core must be a DLA core index (0, 1), got {self.dla_core!r}")
+        for label in ("min_shape", "opt_shape", "max_shape"):
+            value = getattr(self, label)
+            if value is None:
+                continue
+            try:
+                h, w = (int(v) for v in value)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{label} must be (height, width), got {value!r}") from err
+            if h < 1 or w < 1:
+                raise ConfigError(f"{label} must be positive (height, width), got {value!r}")
+            object.__setattr__(self, label, (h, w))
+        if self.deform_conv not in DEFORM_MODES:
+            raise ConfigError(
+                f"deform_conv must be one of {', '.join(DEFORM_MODES)}, got {self.deform_conv!r}"
+            )
+        if self.plugin_library is not None:
+            object.__setattr__(self, "plugin_library", Path(self.plugin_library))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EngineConfig:
+        """An EngineConfig from a dict; unknown keys are a ConfigError naming the valid ones."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown engine options {unknown}; valid: {', '.join(names)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> EngineConfig:
+        """The settings an engine of the manifest was built with (to rebuild it elsewhere)."""
+        profile = entry.get("profile") or {}
+
+        def side(key: str) -> tuple[int, int] | None:
+            value = profile.get(key)
+            return (int(value[0]), int(value[1])) if value else None
+
+        return cls(
+            workspace_mb=entry.get("workspace_mb"),
+            opt_level=int(entry.get("opt_level", DEFAULT_OPT_LEVEL)),
+            dla_core=entry.get("dla_core"),
+            min_shape=side("min"),
+            opt_shape=side("opt"),
+            max_shape=side("max"),
+            deform_conv=str(entry.get("deform_conv") or "native"),
+        )
+
+
+def coerce_config(engine: EngineConfig | Mapping[str, Any] | None) -> EngineConfig:
+    """``engine`` as an EngineConfig (None: the defaults)."""
+    if engine is None:
+        return EngineConfig()
+    if isinstance(engine, EngineConfig):
+        return engine
+    if isinstance(engine, Mapping):
+        return EngineConfig.from_mapping(engine)
+    raise ConfigError(
+        f"engine must be an EngineConfig or a dict of its fields, got {type(engine).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """The (height, width) range of the optimisation profile of the ``image`` input."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
+
+    def tensor_shapes(
+        self, channels: int
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) shapes of the (1, H, W, C) uint8 image tensor."""
+        low, opt, high = ((1, h, w, channels) for h, w in (self.min, self.opt, self.max))
+        return low, opt, high
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    def describe(self) -> str:
+        if self.static:
+            return f"{self.opt[0]}x{self.opt[1]}"
+        return " / ".join(f"{h}x{w}" for h, w in (self.min, self.opt, self.max)) + " (min/opt/max)"
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``value`` (and >= ``multiple``)."""
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def profile_shapes(spec: InputSpec, config: EngineConfig | None = None) -> ProfileShapes:
+    """The optimisation profile of a bundle's ``image`` input.
+
+    A static graph: min = opt = max = its size. A dynamic graph by default:
+    min = half the nominal size, opt = the nominal size, max = twice the
+    nominal size, each side rounded up to the graph's ``multiple_of``; given
+    sides override these (a default bound widens to take a given opt).
+
+    Raises:
+        ConfigError: a shape for a static graph that is not its size; a side that
+            is not a multiple of ``multiple_of`` (the message suggests the next one);
+            min <= opt <= max not holding on each side.
+    """
+    config = config or EngineConfig()
+    given = {"min": config.min_shape, "opt": config.opt_shape, "max": config.max_shape}
+    h, w = spec.size
+    if not spec.dynamic:
+        for label, value in given.items():
+            if value is not None and value != spec.size:
+                raise ConfigError(
+                    f"{label} shape {value[0]}x{value[1]}: the bundle's graph is static "
+                    f"({h}x{w}); build the bundle with --dynamic to run other sizes"
+                )
+        return ProfileShapes(spec.size, spec.size, spec.size)
+    step = max(1, spec.multiple_of)
+    for label, value in given.items():
+        if value is not None and (value[0] % step or value[1] % step):
+            raise ConfigError(
+                f"{label} shape {value[0]}x{value[1]}: the graph takes sides that are multiples of "
+                f"{step}; use {round_up(value[0], step)}x{round_up(value[1], step)}"
+            )
+    opt = given["opt"] or spec.size
+    low = given["min"] or (min(round_up(h // 2, step), opt[0]), min(round_up(w // 2, step), opt[1]))
+    high = given["max"] or (max(round_up(2 * h, step), opt[0]), max(round_up(2 * w, step), opt[1]))
+    if not (low[0] <= opt[0] <= high[0] and low[1] <= opt[1] <= high[1]):
+        raise ConfigError(
+            f"the profile must keep min <= opt <= max on each side, got min {low[0]}x{low[1]}, "
+            f"opt {opt[0]}x{opt[1]}, max {high[0]}x{high[1]}"
+        )
+    return ProfileShapes(low, opt, high)
+
+
+def dla_mode(
+    trt_version: str,
+    precision: str,
+    profile: ProfileShapes,
+    dla_core: int,
+    dla_cores: int | None = None,
+) -> str:
+    """How an engine for DLA core ``dla_core`` is built here, or why it cannot be.
+
+    Returns:
+        ``legacy-dla`` on TensorRT 10.0..10.7 (weakly typed: the FP32 graph with
+        builder precision flags); ``strongly-typed`` on TensorRT >= 11.4.1.
+
+    Raises:
+        ConfigError: no such core; FP32 (DLA runs FP16 and INT8 only); a dynamic
+            profile (DLA needs static shapes); a TensorRT without DLA (10.8..11.4.0).
+    """
+    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
+        raise ConfigError(f"dla_core must be a DLA core index (0, 1), got {dla_core!r}")
+    if dla_cores is not None and dla_core >= dla_cores:
+        raise ConfigError(
+            f"DLA core {dla_core} does not exist: this device has {dla_cores} DLA core(s)"
+            + (
+                f" (0..{dla_cores - 1})"
+                if dla_cores
+                else "; DLA exists on Jetson AGX Orin and Orin NX"
+            )
+        )
+    if precision not in ("fp16", "int8"):
+        raise ConfigError(
+            f"DLA runs FP16 and INT8 only, not {precision}: build with --precision fp16 or int8"
+        )
+    if not profile.static:
+        raise ConfigError(
+            f"DLA needs static shapes, but the profile is {profile.describe()}: give "
+            "--min-shape, --opt-shape and --max-shape the same size (or build the bundle without "
+            "--dynamic)"
+        )
+    version = parse_version(trt_version)
+    if version[0] == 10 and version[1] <= 7:
+        return LEGACY_DLA
+    if version[:3] >= (11, 4, 1):
+        return STRONGLY_TYPED
+    raise ConfigError(
+        f"TensorRT {trt_version} cannot build for DLA: TensorRT 10.7 was the last 10.x release "
+        "with DLA (JetPack 6 ships 10.3), and DLA returned in 11.4.1 (AGX Orin, JetPack >= 7.2.2); "
+        "build without --dla-core to run on the GPU"
+    )
+
+
+def cache_dir() -> Path:
+    """edgeseg's cache folder: ``$EDGESEG_CACHE_DIR``, else ``~/.cache/edgeseg``."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgeseg"
+
+
+def timing_cache_path(device: DeviceInfo, folder: str | os.PathLike[str] | None = None) -> Path:
+    """``<cache>/timing-<gpu>-<sm>-trt<version>.cache``: one timing cache per device and TensorRT.
+
+    Raises:
+        ConfigError: the device has no TensorRT version.
+    """
+    if not device.trt_version:
+        raise ConfigError(f"a timing cache needs a TensorRT version; {device.name} has none")
+    root = Path(folder) if folder is not None else cache_dir()
+    return (
+        root / f"timing-{device.gpu}-{device.sm}-trt{trt_short_version(device.trt_version)}.cache"
+    )
+
+
+def resolve_target(target: str) -> tuple[str, str]:
+    """``auto`` / ``tensorrt`` / ``cpu`` -> (``tensorrt`` or ``cpu``, why).
+
+    ``auto`` means TensorRT when it is installed and a GPU is present.
+
+    Raises:
+        ConfigError: an unknown target.
+    """
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target != "auto":
+        return target, f"--target {target}"
+    version = tensorrt_version()
+    if version is None:
+        return "cpu", "TensorRT is not installed: the bundle runs on ONNX Runtime"
+    try:
+        device = probe_device(with_tensorrt=False)
+    except BackendError as err:
+        return "cpu", f"no GPU ({err}): the bundle runs on ONNX Runtime"
+    return "tensorrt", f"{device.name} with TensorRT {version}"
+
+
+# -- graphs ---------------------------------------------------------------------------------------
+
+
+def graph_op_types(path: Path) -> set[str]:
+    """The operator types of an ONNX file's main graph.
+
+    With onnx installed the graph is read properly; without it (a robot with
+    TensorRT only) the file's bytes are searched for the two deformable-conv
+    op names edgeseg cares about, which protobuf stores as plain text.
+    """
+    try:
+        import onnx
+    except ImportError:
+        data = path.read_bytes()
+        found = set()
+        if PLUGIN_OP.encode() in data:
+            found.add(PLUGIN_OP)
+        if data.count(NATIVE_DEFORM_OP.encode()) > data.count(PLUGIN_OP.encode()):
+            found.add(NATIVE_DEFORM_OP)
+        return found
+    model = onnx.load(str(path), load_external_data=False)
+    types = {node.op_type for node in model.graph.node}
+    for function in model.functions:
+        types.update(node.op_type for node in function.node)
+    return types
+
+
+def _deform_graph(source: Path, folder: Path, mode: str) -> Path:
+    """``source`` with its deformable convs in ``mode`` (``plugin``: EdgesegDeformConv,
+    ``native``: ONNX DeformConv), saved in ``folder`` (the bundle's graph stays as it is)."""
+    try:
+        import onnx
+
+        apply = importlib.import_module("converters.passes.deform").apply_deform_conv_mode
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"rewriting deformable convolutions ({mode}) needs onnx: pip install onnx"
+        ) from err
+    model = onnx.load(str(source))
+    out = folder / f"{source.stem}.{mode}.onnx"
+    onnx.save(apply(model, mode), str(out))
+    return out
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    """A serialized engine and what describes it."""
+
+    plan: bytes
+    layers: str  # EngineInspector JSON ("" when the engine could not be inspected)
+    seconds: float
+    trt_version: str
+
+
+def _timing_cache(builder_config: trt.IBuilderConfig, path: Path | None) -> trt.ITimingCache | None:
+    """Gives ``builder_config`` the timing cache at ``path`` (a fresh one if absent or bad)."""
+    if path is None:
+        return None
+    data = b""
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            log.warning("cannot read timing cache %s (%s); starting a new one", path, err)
+    cache = builder_config.create_timing_cache(data)
+    if cache is None and data:
+        log.warning("timing cache %s is unreadable; starting a new one", path)
+        cache = builder_config.create_timing_cache(b"")
+    if cache is None:
+        return None
+    if not builder_config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning(
+            "TensorRT did not take timing cache %s (another device?); building without", path
+        )
+        return None
+    log.info("timing cache %s (%d bytes)", path, len(data))
+    return cache
+
+
+def _save_timing_cache(builder_config: trt.IBuilderConfig, path: Path) -> None:
+    """Writes the config's timing cache to ``path`` atomically (a failure is only logged)."""
+    try:
+        data = bytes(builder_config.get_timing_cache().serialize())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("cannot save timing cache %s: %s", path, err)
+
+
+def engine_from_onnx(
+    onnx_path: str | os.PathLike[str],
+    *,
+    profile: ProfileShapes,
+    channels: int,
+    config: EngineConfig | None = None,
+    device: DeviceInfo | None = None,
+    mode: str = STRONGLY_TYPED,
+    precision: str = "fp32",
+    plugins: Sequence[str | os.PathLike[str]] = (),
+    calibration_cache: Path | None = None,
+    say: Say | None = None,
+) -> BuiltEngine:
+    """Builds a serialized engine from an ONNX graph with TensorRT.
+
+    Args:
+        onnx_path: the graph. Its input ``image`` is (1, H, W, C) uint8; other
+            inputs must be static.
+        profile: the optimisation profile of ``image`` (used when the graph is dynamic).
+        channels: C of ``image``.
+        config: workspace, optimisation level, DLA core, timing cache.
+        device: the device (for the timing cache's name); probed when None.
+        mode: ``strongly-typed`` (precision from the graph) or ``legacy-dla``
+            (TensorRT 10.x DLA: the FP32 graph, ``BuilderFlag.FP16``/``INT8``).
+        precision: with ``legacy-dla``: ``fp16`` or ``int8``.
+        plugins: plugin libraries to load before parsing.
+        calibration_cache: with ``legacy-dla`` and INT8: TensorRT's calibration cache.
+        say: progress messages.
+
+    Raises:
+        BackendError: TensorRT cannot create a builder (no GPU), parse the graph
+            (the message quotes the parser) or build the engine.
+        ConfigError: a DLA core the device lacks.
+    """
+    config = config or EngineConfig()
+    say = say or (lambda message: log.info("%s", message))
+    path = Path(onnx_path)
+    require_tensorrt()
+    import tensorrt as trt
+
+    version = str(trt.__version__)
+    device = device or probe_device()
+    logger = make_logger()
+    load_plugin_libraries(logger, plugins)
+    try:
+        builder = trt.Builder(logger)
+    except (RuntimeError, TypeError) as err:  # pybind11: "factory function returned nullptr"
+        raise BackendError(
+            f"TensorRT {version} cannot create a builder (no usable GPU?): {err}"
+            f"{logged_errors(logger)}"
+        ) from err
+    flags = 0
+    if mode == STRONGLY_TYPED:
+        # ignored (always on) in TensorRT 11; required on 10.x
+        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if strongly_typed is not None:
+            flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    say(f"parsing {path.name} ({mode.replace('-', ' ')} network)")
+    if not parser.parse_from_file(str(path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise BackendError(
+            f"TensorRT {version} cannot parse {path.name}: "
+            + " | ".join(errors[:5] or ["(no detail)"])
+        )
+    builder_config = builder.create_builder_config()
+    low, opt, high = profile.tensor_shapes(channels)
+    dynamic = False
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(int(tensor.shape[d]) for d in range(len(tensor.shape)))
+        if tensor.name == "image":
+            if len(dims) != len(opt) or any(
+                d >= 0 and d != o for d, o in zip(dims, opt, strict=True)
+            ):
+                raise BackendError(
+                    f"{path.name}: input 'image' has shape {dims}, which does not fit the profile "
+                    f"{profile.describe()} (expected (1, H, W, {channels}))"
+                )
+            dynamic = any(d < 0 for d in dims)
+        elif any(d < 0 for d in dims):
+            raise BackendError(
+                f"{path.name}: input {tensor.name!r} has dynamic shape {dims}; edgeseg builds "
+                "optimisation profiles for 'image' only"
+            )
+    if dynamic:
+        shapes = builder.create_optimization_profile()
+        shapes.set_shape("image", trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
+        builder_config.add_optimization_profile(shapes)
+    if config.workspace_mb is not None:
+        builder_config.set_memory_pool_limit(
+            trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20
+        )
+    builder_config.builder_optimization_level = config.opt_level
+    # DETAILED: EngineInspector's JSON then names each layer's tactic, formats and parameters
+    builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    calibrator: Any = None
+    if config.dla_core is not None:
+        cores = int(builder.num_DLA_cores)
+        if config.dla_core >= cores:
+            raise ConfigError(
+                f"DLA core {config.dla_core} does not exist: this device has {cores} DLA core(s)"
+            )
+        calibrator = _configure_dla(
+            builder,
+            builder_config,
+            config.dla_core,
+            mode,
+            precision,
+            channels,
+            profile,
+            calibration_cache,
+        )
+    cache_path = (
+        timing_cache_path(DeviceInfo(device.name, device.compute_capability, version))
+        if config.timing_cache
+        else None
+    )
+    cache = _timing_cache(builder_config, cache_path)
+    say(
+        f"building the engine with TensorRT {version} (optimisation level {config.opt_level}"
+        + (f", DLA core {config.dla_core}" if config.dla_core is not None else "")
+        + "); this takes a while"
+    )
+    started = time.perf_counter()
+    try:
+        plan = builder.build_serialized_network(network, builder_config)
+    finally:
+        if calibrator is not None:
+            calibrator.close()
+    if calibrator is not None:
+        calibrator.raise_if_failed()
+    if plan is None:
+        raise BackendError(
+            f"TensorRT {version} failed to build an engine from {path.name}{logged_errors(logger)}"
+        )
+    seconds = time.perf_counter() - started
+    data = bytes(plan)
+    if cache is not None and cache_path is not None:
+        _save_timing_cache(builder_config, cache_path)
+    return BuiltEngine(data, _layer_information(data, logger, config.dla_core), seconds, version)
+
+
+def _configure_dla(
+    builder: trt.Builder,
+    builder_config: trt.IBuilderConfig,
+    core: int,
+    mode: str,
+    precision: str,
+    channels: int,
+    profile: ProfileShapes,
+    calibration_cache: Path | None,
+) -> Any:
+    """DLA by default with GPU fallback; on the legacy path also the precision flags.
+
+    Returns:
+        The legacy INT8 calibrator (to close after the build), or None.
+    """
+    import tensorrt as trt
+
+    if mode == LEGACY_DLA and precision == "int8":
+        if calibration_cache is None:
+            raise ConfigError("INT8 on DLA with TensorRT 10.x needs the bundle's calibration.cache")
+        import numpy as np
+
+        from calibration.tensorrt_calibrator import EntropyCalibrator, legacy_int8_config
+
+        h, w = profile.opt
+        # the cache holds every scale, so TensorRT asks for no batches: no images needed
+        calibrator = EntropyCalibrator(
+            np.zeros((0, h, w, channels), np.uint8), cache_path=calibration_cache
+        )
+        legacy_int8_config(builder, builder_config, calibrator, dla_core=core)
+        return calibrator
+    if mode == LEGACY_DLA:
+        builder_config.set_flag(trt.BuilderFlag.FP16)  # exists on 10.x only; LEGACY_DLA is 10.x
+    builder_config.default_device_type = trt.DeviceType.DLA
+    builder_config.DLA_core = core
+    builder_config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    return None
+
+
+def _layer_information(plan: bytes, logger: trt.ILogger, dla_core: int | None) -> str:
+    """EngineInspector's JSON of every layer (empty when the engine cannot be inspected here)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        log.warning("cannot deserialize the new engine to inspect it%s", logged_errors(logger))
+        return ""
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+# -- bundles --------------------------------------------------------------------------------------
+
+
+def _probe_with_tensorrt(device: DeviceInfo | None) -> DeviceInfo:
+    require_tensorrt()
+    import tensorrt as trt
+
+    info = device or probe_device(with_tensorrt=False)
+    version = str(trt.__version__)
+    if info.trt_version != version:
+        info = replace(info, trt_version=version)
+    return info
+
+
+def _plugin_library(loaded: Bundle, config: EngineConfig) -> Path:
+    if config.plugin_library is not None:
+        if not config.plugin_library.is_file():
+            raise ConfigError(f"plugin library {config.plugin_library} does not exist")
+        return config.plugin_library
+    if PLUGIN_LIBRARY in loaded.manifest.files:
+        return loaded.file(PLUGIN_LIBRARY)
+    raise ConfigError(
+        f"the engine needs edgeseg's {PLUGIN_OP} plugin but {loaded.path} has no {PLUGIN_LIBRARY}: "
+        f"build it on this device with `edgeseg plugins build --bundle {loaded.path}` (needs nvcc "
+        "and TensorRT's headers), pass plugin_library=PATH (--plugin-library), or build with "
+        "--deform-conv native"
+    )
+
+
+def add_engine(
+    bundle: str | os.PathLike[str] | Bundle,
+    precision: str | None = None,
+    config: EngineConfig | Mapping[str, Any] | None = None,
+    *,
+    device: DeviceInfo | None = None,
+    progress: Say | None = None,
+) -> Bundle:
+    """Builds the engine of one of the bundle's graphs for this device and adds it to the bundle.
+
+    The bundle is rewritten atomically (:func:`edgeseg.bundle.write_bundle`)
+    with every file it had, plus ``engine-<gpu>-<sm>-trt<version>-<precision>.plan``
+    and its layer information (``.json``, EngineInspector), and an entry in
+    the manifest's ``engines``; an engine of the same name is replaced. With
+    ``deform_conv="plugin"`` the plugin library is copied into the bundle.
+
+    Args:
+        bundle: the bundle (path or loaded).
+        precision: the graph to build from (default: the bundle's precision).
+        config: :class:`EngineConfig` or a dict of its fields.
+        device: the device (probed when None); its TensorRT version is the one imported.
+        progress: called with a short message as each step starts.
+
+    Returns:
+        The rewritten, verified bundle.
+
+    Raises:
+        BundleError: the bundle is missing or altered, or has no graph of ``precision``.
+        ConfigError: a bad engine option, profile or DLA request; a plugin library missing.
+        MissingDependencyError: TensorRT (or, to rewrite DeformConv, onnx) is not installed.
+        BackendError: no GPU; TensorRT cannot parse or build the graph.
+    """
+    say = progress or (lambda message: log.info("%s", message))
+    config = coerce_config(config)
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    manifest = loaded.manifest
+    precision = precision or manifest.precision
+    graph = loaded.graph(precision)  # BundleError when the bundle lacks it
+    info = _probe_with_tensorrt(device)
+    assert info.trt_version is not None
+    profile = profile_shapes(manifest.input, config)
+    mode = STRONGLY_TYPED
+    calibration: Path | None = None
+    if config.dla_core is not None:
+        mode = dla_mode(info.trt_version, precision, profile, config.dla_core, info.dla_cores)
+        if mode == LEGACY_DLA:
+            graph = loaded.graph("fp32")  # TensorRT 10.x DLA picks precisions from builder flags
+            if precision == "int8":
+                if CALIBRATION_CACHE not in manifest.files:
+                    raise ConfigError(
+                        f"INT8 on DLA with TensorRT {info.trt_version} needs the implicit "
+                        f"calibrator's cache, and {loaded.path} has no {CALIBRATION_CACHE}: "
+                        "calibrate it with `edgeseg calibrate BUNDLE --calib ... "
+                        "--trt-cache-version "
+                        f"{trt_short_version(info.trt_version)}`"
+                    )
+                calibration = loaded.file(CALIBRATION_CACHE)
+    quant = manifest.precisions.get(precision, {}).get("quantization") or {}
+    if precision == "int8" and quant.get("placement") == "cpu" and mode == STRONGLY_TYPED:
+        log.warning(
+            "%s's INT8 graph has ONNX Runtime's Q/DQ placement; TensorRT builds it, but "
+            "`edgeseg calibrate --placement tensorrt` gives TensorRT's own (usually faster)",
+            loaded.path,
+        )
+    ops = graph_op_types(graph)
+    plugins: list[Path] = []
+    deform: str | None = None
+    with tempfile.TemporaryDirectory(prefix="edgeseg-engine-") as tmp:
+        source = graph
+        if calibration is not None:  # the calibrator may rewrite its cache: never the bundle's
+            calibration = Path(shutil.copyfile(calibration, Path(tmp) / CALIBRATION_CACHE))
+        if {NATIVE_DEFORM_OP, PLUGIN_OP} & ops:
+            deform = config.deform_conv
+            theirs = PLUGIN_OP if deform == "native" else NATIVE_DEFORM_OP
+            if theirs in ops:
+                say(f"rewriting {graph.name}'s {theirs} nodes for --deform-conv {deform}")
+                source = _deform_graph(graph, Path(tmp), deform)
+            if deform == "plugin":
+                plugins = [_plugin_library(loaded, config)]
+            # native: TensorRT's built-in plugin, registered by init_libnvinfer_plugins
+        built = engine_from_onnx(
+            source,
+            profile=profile,
+            channels=manifest.input.channels,
+            config=config,
+            device=info,
+            mode=mode,
+            precision=precision,
+            plugins=plugins,
+            calibration_cache=calibration,
+            say=say,
+        )
+        name = engine_file_name(info, precision, config.dla_core)
+        inspector = inspector_file_name(name)
+        entry: dict[str, Any] = {
+            "file": name,
+            "inspector": inspector,
+            "gpu": info.gpu,
+            "gpu_name": info.name,
+            "sm": info.sm,
+            "trt_version": built.trt_version,
+            "precision": precision,
+            "graph": graph.name,
+            "graph_sha256": manifest.files[graph.name]["sha256"],
+            "mode": mode,
+            "profile": {"input": "image", **profile.to_json()},
+            "dla_core": config.dla_core,
+            "deform_conv": deform,
+            "plugins": [PLUGIN_LIBRARY] if plugins else [],
+            "workspace_mb": config.workspace_mb,
+            "opt_level": config.opt_level,
+            "build_seconds": round(built.seconds, 2),
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        files: dict[str, bytes | Path] = {
+            n: loaded.path / n for n in manifest.files if n not in (name, inspector)
+        }
+        files[name] = built.plan
+        files[inspector] = built.layers.encode("utf-8")
+        if plugins:
+            files[PLUGIN_LIBRARY] = plugins[0]
+        engines = [e for e in manifest.engines if e.get("file") != name] + [entry]
+        updated = Manifest(**{**manifest.__dict__, "engines": engines})
+        say(
+            f"writing {name} ({len(built.plan) / 1e6:.1f} MB, built in {built.seconds:.0f} s) "
+            f"into {loaded.path}"
+        )
+        return write_bundle(loaded.path, updated, files, overwrite=True)
+
+
+def add_plugin_library(
+    bundle: str | os.PathLike[str] | Bundle, library: str | os.PathLike[str]
+) -> Bundle:
+    """Copies a plugin library into the bundle as ``libedgeseg_plugins.so`` (atomic rewrite).
+
+    Raises:
+        ConfigError: ``library`` does not exist.
+        BundleError: the bundle is missing or altered.
+    """
+    source = Path(library)
+    if not source.is_file():
+        raise ConfigError(f"plugin library {source} does not exist")
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    files: dict[str, bytes | Path] = {n: loaded.path / n for n in loaded.manifest.files}
+    files[PLUGIN_LIBRARY] = source
+    return write_bundle(loaded.path, loaded.manifest, files, overwrite=True)
+
+
+def engine_for_build(
+    bundle: Bundle,
+    target: str,
+    engine: EngineConfig | Mapping[str, Any] | None = None,
+    *,
+    say: Say | None = None,
+) -> Bundle:
+    """What :func:`converters.build.build` does after writing the ONNX bundle: maybe add an engine.
+
+    Args:
+        bundle: the bundle just written.
+        target: ``cpu`` (ONNX only), ``tensorrt`` (an engine for this device, or an
+            error), ``auto`` (an engine when TensorRT and a GPU are here).
+        engine: engine options; with ``cpu`` they are an error.
+        say: progress messages.
+
+    Raises:
+        ConfigError: an unknown target, or engine options with ``target="cpu"``.
+        EdgesegError: from :func:`add_engine`; the message adds that the ONNX bundle
+            was written and how to add the engine later.
+    """
+    say = say or (lambda message: log.info("%s", message))
+    resolved, why = resolve_target(target)
+    config = coerce_config(engine)
+    if resolved == "cpu":
+        if target == "cpu" and config != EngineConfig():
+            raise ConfigError(
+                "engine options were given with target='cpu' (--target cpu builds no engine)"
+            )
+        if target == "auto":
+            say(f"no TensorRT engine: {why}")
+        return bundle
+    say(f"adding a TensorRT engine ({why})")
+    try:
+        return add_engine(bundle, None, config, progress=say)
+    except EdgesegError as err:
+        raise type(err)(
+            f"{err} (the ONNX bundle {bundle.path} was written; add the engine later on the "
+            f"device with `edgeseg engine {bundle.path}`)"
+        ) from err
+
+
+__all__ = [
+    "DEFORM_MODES",
+    "TARGETS",
+    "BuiltEngine",
+    "EngineConfig",
+    "ProfileShapes",
+    "add_engine",
+    "add_plugin_library",
+    "cache_dir",
+    "dla_mode",
+    "engine_for_build",
+    "engine_from_onnx",
+    "graph_op_types",
+    "profile_shapes",
+    "resolve_target",
+    "timing_cache_path",
+]
