@@ -73,6 +73,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         input_size=(64, 96),
         classes=["sky", "road", "car", "person"],
         outputs=("mask", "probs", "logits"),
+        target="cpu",  # the same files on every machine (a GPU one would add an engine)
     )
     return bundle.path
 
@@ -84,7 +85,8 @@ def dynamic_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-dynamic.edgeseg"
     bundle = edgeseg.build(
-        tiny_module(), out, input_size=(64, 96), num_classes=4, dynamic=True, multiple_of=4
+        tiny_module(), out, input_size=(64, 96), num_classes=4, dynamic=True, multiple_of=4,
+        target="cpu",
     )
     return bundle.path
 

@@ -211,6 +211,36 @@ def test_zoo_engine_matches_onnxruntime_and_pytorch(zoo_case: ZooCase, precision
     assert layers, "EngineInspector wrote no layer information"
 
 
+def test_polygraphy_compares_the_engine_with_onnxruntime(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The engine edgeseg built, judged by Polygraphy's own runners and comparator."""
+    polygraphy = pytest.importorskip(
+        "polygraphy", reason="Polygraphy compares the runners: pip install -e '.[device]'"
+    )
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    from converters.tensorrt import EngineConfig, add_engine
+
+    bundle = add_engine(_copy(tiny_bundle, tmp_path), "fp32", EngineConfig(opt_level=OPT_LEVEL))
+    entry = next(e for e in bundle.manifest.engines if e["precision"] == "fp32")
+    plan = bundle.file(entry["file"]).read_bytes()
+    rng = np.random.default_rng(4)
+    feeds = [{"image": rng.integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)} for _ in range(8)]
+    runners = [
+        OnnxrtRunner(SessionFromOnnx(str(bundle.graph("fp32")))),
+        TrtRunner(EngineFromBytes(plan)),
+    ]
+    results = Comparator.run(runners, data_loader=feeds)
+    # masks may differ at a few tie pixels (TF32): judge medians, as Polygraphy's docs suggest
+    verdict = Comparator.compare_accuracy(
+        results, compare_func=CompareFunc.simple(atol=1e-2, rtol=1e-2, check_error_stat="median")
+    )
+    _report(f"polygraphy {polygraphy.__version__}: onnxruntime vs tensorrt over {len(feeds)} frames: "
+            f"{'PASSED' if bool(verdict) else 'FAILED'}")
+    assert bool(verdict)
+
+
 # -- deformable convolution: edgeseg's plugin against TensorRT's built-in ---------------------
 
 
