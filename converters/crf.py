@@ -202,8 +202,9 @@ def crf_graph(
     const("crf_axis1", np.array([1], np.int64))
     const("crf_colour_scale", np.array(-0.5 / params.theta_beta**2, np.float32))
     nodes = [
-        helper.make_node("Transpose", ["image"], ["crf_img_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Cast", ["crf_img_nchw"], ["crf_img_f"], to=TensorProto.FLOAT),
+        # uint8 only through casts to/from float (TensorRT's rule for uint8 I/O tensors)
+        helper.make_node("Cast", ["image"], ["crf_img_nhwc_f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["crf_img_nhwc_f"], ["crf_img_f"], perm=[0, 3, 1, 2]),
     ]
     low_img, low_logits = "crf_img_f", "logits"
     if d > 1:
@@ -283,7 +284,8 @@ def crf_graph(
     nodes += [
         *softmax(energy, "probs"),
         helper.make_node("ArgMax", [energy], ["crf_argmax"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["crf_argmax"], ["mask"], to=TensorProto.UINT8),
+        helper.make_node("Cast", ["crf_argmax"], ["crf_argmax_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["crf_argmax_f"], ["mask"], to=TensorProto.UINT8),
     ]
     graph = helper.make_graph(
         nodes,

@@ -100,11 +100,14 @@ class DeployWrapper(nn.Module):
         self.register_buffer("shift", -mean / std, persistent=False)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return image.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        # uint8 is cast before anything else touches it: TensorRT takes uint8 I/O tensors
+        # only through a cast to or from float32/float16
+        return image.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.shift
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = logits_of(self.model(self.normalize(image))).to(torch.float32)
-        mask = torch.argmax(logits, dim=1).to(torch.uint8)
+        # the index goes through float32 on its way to uint8, for the same reason
+        mask = torch.argmax(logits, dim=1).to(torch.float32).to(torch.uint8)
         probs = torch.softmax(logits, dim=1)
         return mask, probs, logits
 
@@ -227,6 +230,48 @@ def check_graph(model: onnx.ModelProto) -> None:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"the exported graph fails onnx.checker: {_first_line(err)}") from err
+    problems = uint8_io_problems(model)
+    if problems:
+        raise ExportError("the graph's uint8 inputs/outputs break TensorRT's rule: " + "; ".join(problems))
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def uint8_io_problems(model: onnx.ModelProto) -> list[str]:
+    """Where a uint8 graph input or output is not a plain cast from/to float.
+
+    TensorRT (10.3 as 11.x) takes uint8 network inputs and outputs only through
+    a cast to or from float32/float16; a Transpose on uint8, or an integer index
+    cast straight to uint8, fails to build there while ONNX Runtime runs it.
+    """
+    uint8 = onnx.TensorProto.UINT8
+    producer = {o: n for n in model.graph.node for o in n.output}
+    cast_to = {
+        n.output[0]: next((a.i for a in n.attribute if a.name == "to"), None)
+        for n in model.graph.node if n.op_type == "Cast"
+    }
+    problems = []
+    for value in model.graph.input:
+        if value.type.tensor_type.elem_type != uint8:
+            continue
+        for node in model.graph.node:
+            if node.op_type == "Shape":  # reads dimensions only (dynamic graphs)
+                continue
+            if value.name in node.input and not (node.op_type == "Cast" and cast_to.get(node.output[0]) in _FLOATS):
+                problems.append(f"input {value.name!r} feeds {node.op_type} {node.name!r} (expected a Cast to float)")
+    outputs = [v for v in model.graph.output if v.type.tensor_type.elem_type == uint8]
+    if outputs:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {
+            v.name: v.type.tensor_type.elem_type
+            for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+        }
+        for value in outputs:
+            node = producer.get(value.name)
+            if node is None or node.op_type != "Cast" or types.get(node.input[0]) not in _FLOATS:
+                problems.append(f"output {value.name!r} is not a Cast to uint8 of a float tensor")
+    return problems
 
 
 def graph_ops(model: onnx.ModelProto) -> Sequence[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -122,3 +124,40 @@ def test_grayscale_export() -> None:
     proto = onnx_from_module(tiny_module(in_channels=1), spec)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 16, 16, 1]
+
+
+def test_uint8_io_goes_through_float_casts() -> None:
+    """TensorRT takes uint8 I/O only via casts to/from float: the check names what breaks it."""
+    from converters.export import uint8_io_problems
+
+    def graph(nodes: list, out_type: int = TensorProto.UINT8) -> onnx.ModelProto:
+        g = helper.make_graph(
+            nodes, "g",
+            [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 2, 2, 3])],
+            [helper.make_tensor_value_info("mask", out_type, None)],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+    good = graph([
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ArgMax", ["f"], ["i"], axis=3, keepdims=0),
+        helper.make_node("Cast", ["i"], ["i_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["i_f"], ["mask"], to=TensorProto.UINT8),
+    ])
+    assert uint8_io_problems(good) == []
+    bad = graph([
+        helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2], name="tr"),
+        helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ArgMax", ["f"], ["i"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["i"], ["mask"], to=TensorProto.UINT8),
+    ])
+    problems = uint8_io_problems(bad)
+    assert any("feeds Transpose 'tr'" in p for p in problems), problems
+    assert any("output 'mask'" in p for p in problems), problems
+
+
+def test_exported_graphs_keep_uint8_io_tensorrt_friendly(tiny_bundle: Path) -> None:
+    from converters.export import uint8_io_problems
+
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    assert uint8_io_problems(model) == []
