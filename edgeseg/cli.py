@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,66 +125,65 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
     click.echo("GFLOPs for 21 classes, one RGB frame; deformable convs count as their plain convs.")
 
 
-def _int8_options(command: Any) -> Any:
-    """The INT8 options shared by ``build`` and ``calibrate`` (unset ones take the API's defaults)."""
-    options = [
-        click.option("--calib", type=click.Path(path_type=Path), default=None,
-                     help="INT8 calibration set: a folder of images (recursive), a video or an .npz."),
-        click.option("--calib-size", type=int, default=None, help="Frames of --calib to use [200], spread evenly."),
-        click.option("--seed", type=int, default=None, help="Seed of the calibration frame pick [0]."),
-        click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
-                     help="Calibration method [entropy]."),
-        click.option("--placement", type=click.Choice(["cpu", "tensorrt"]), default=None,
-                     help="Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [cpu]."),
-        click.option("--mixed-precision/--no-mixed-precision", default=None,
-                     help="Keep the most sensitive layers in float until the target holds [on]."),
-        click.option("--trt-cache-version", default=None,
-                     help="TensorRT version in the legacy calibration cache's header [10.3.0]."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _option_group(*options: Any) -> Callable[[Any], Any]:
+    """One decorator applying several click options, in the order given (as --help lists them)."""
+
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
 
 
-def _label_options(command: Any) -> Any:
-    """Labels for the evaluation images of ``build`` and ``calibrate``."""
-    options = [
-        click.option("--labels", type=click.Path(path_type=Path), default=None,
-                     help="Labels of --samples (matched by name): enables --max-miou-drop."),
-        click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]),
-                     default="auto", show_default=True),
-        click.option("--ignore-index", type=int, default=None,
-                     help="Label id left out of the mIoU (CamVid: 11)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+# The INT8 options shared by ``build`` and ``calibrate`` (unset ones take the API's defaults).
+_int8_options = _option_group(
+    click.option("--calib", type=click.Path(path_type=Path), default=None,
+                 help="INT8 calibration set: a folder of images (recursive), a video or an .npz."),
+    click.option("--calib-size", type=int, default=None, help="Frames of --calib to use [200], spread evenly."),
+    click.option("--seed", type=int, default=None, help="Seed of the calibration frame pick [0]."),
+    click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+                 help="Calibration method [entropy]."),
+    click.option("--placement", type=click.Choice(["cpu", "tensorrt"]), default=None,
+                 help="Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [cpu]."),
+    click.option("--mixed-precision/--no-mixed-precision", default=None,
+                 help="Keep the most sensitive layers in float until the target holds [on]."),
+    click.option("--trt-cache-version", default=None,
+                 help="TensorRT version in the legacy calibration cache's header [10.3.0]."),
+)
 
 
-def _engine_options(command: Any) -> Any:
-    """TensorRT engine options shared by ``build`` and ``engine`` (unset ones take the API's defaults)."""
-    options = [
-        click.option("--workspace-mb", type=int, default=None,
-                     help="TensorRT workspace memory limit in MiB [TensorRT's default: the GPU's memory]."),
-        click.option("--opt-level", type=click.IntRange(0, 5), default=None,
-                     help="Builder optimisation level 0..5 [3]; higher builds longer, may run faster."),
-        click.option("--dla-core", type=int, default=None,
-                     help="Build for this DLA core with GPU fallback (Jetson Orin; fp16/int8, static shapes)."),
-        click.option("--min-shape", default=None, callback=_size_callback,
-                     help="Smallest HxW of the engine's profile (dynamic bundles) [half the input size]."),
-        click.option("--opt-shape", default=None, callback=_size_callback,
-                     help="HxW TensorRT tunes for [the input size]."),
-        click.option("--max-shape", default=None, callback=_size_callback,
-                     help="Largest HxW of the engine's profile [twice the input size]."),
-        click.option("--deform-conv", type=click.Choice(["native", "plugin"]), default=None,
-                     help="Deformable convs: TensorRT's built-in DeformConv, or edgeseg's plugin "
-                          "(libedgeseg_plugins.so) [native]."),
-        click.option("--plugin-library", type=click.Path(path_type=Path), default=None,
-                     help="The plugin library for --deform-conv plugin [the bundle's own]."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+# Labels for the evaluation images of ``build`` and ``calibrate``.
+_label_options = _option_group(
+    click.option("--labels", type=click.Path(path_type=Path), default=None,
+                 help="Labels of --samples (matched by name): enables --max-miou-drop."),
+    click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]),
+                 default="auto", show_default=True),
+    click.option("--ignore-index", type=int, default=None,
+                 help="Label id left out of the mIoU (CamVid: 11)."),
+)
+
+
+# TensorRT engine options shared by ``build`` and ``engine`` (unset ones take the API's defaults).
+_engine_options = _option_group(
+    click.option("--workspace-mb", type=int, default=None,
+                 help="TensorRT workspace memory limit in MiB [TensorRT's default: the GPU's memory]."),
+    click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+                 help="Builder optimisation level 0..5 [3]; higher builds longer, may run faster."),
+    click.option("--dla-core", type=int, default=None,
+                 help="Build for this DLA core with GPU fallback (Jetson Orin; fp16/int8, static shapes)."),
+    click.option("--min-shape", default=None, callback=_size_callback,
+                 help="Smallest HxW of the engine's profile (dynamic bundles) [half the input size]."),
+    click.option("--opt-shape", default=None, callback=_size_callback,
+                 help="HxW TensorRT tunes for [the input size]."),
+    click.option("--max-shape", default=None, callback=_size_callback,
+                 help="Largest HxW of the engine's profile [twice the input size]."),
+    click.option("--deform-conv", type=click.Choice(["native", "plugin"]), default=None,
+                 help="Deformable convs: TensorRT's built-in DeformConv, or edgeseg's plugin "
+                      "(libedgeseg_plugins.so) [native]."),
+    click.option("--plugin-library", type=click.Path(path_type=Path), default=None,
+                 help="The plugin library for --deform-conv plugin [the bundle's own]."),
+)
 
 
 def _engine_config(**values: Any) -> dict[str, Any]:

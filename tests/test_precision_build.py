@@ -16,7 +16,6 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from PIL import Image
-from torch import nn
 
 import edgeseg
 from calibration.qdq_rules import check_tensorrt_qdq
@@ -27,26 +26,11 @@ from edgeseg.bundle import Bundle
 from edgeseg.cli import cli
 from edgeseg.errors import ConfigError, ParityError
 from tests.conftest import tiny_module
+from tests.test_quantize import DeepNet
 
 SIZE = (32, 48)
 
 
-class DeepNet(nn.Module):
-    """Five convs and a residual Add: INT8 visibly moves some of its pixels (agreement < 1)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.c4 = nn.Conv2d(8, 8, 3, padding=1)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.c1(x))
-        y = torch.relu(self.c3(torch.relu(self.c2(y))) + y)
-        y = self.head(torch.relu(self.c4(y)))
-        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _write_pngs(folder: Path, n: int, seed: int, size: tuple[int, int] = (40, 60)) -> Path:
