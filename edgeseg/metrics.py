@@ -6,6 +6,10 @@ import numpy as np
 
 from edgeseg.errors import InputError
 
+# Pixel agreement a graph must reach by default: FP32 with PyTorch, FP16 and INT8 with the FP32
+# graph. Builds, `edgeseg calibrate`, `edgeseg parity` and edgeseg.testing all read it from here.
+DEFAULT_MIN_AGREEMENT: dict[str, float] = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
+
 
 def confusion_matrix(
     pred: np.ndarray, target: np.ndarray, num_classes: int, *, ignore_index: int | None = None

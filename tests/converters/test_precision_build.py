@@ -26,7 +26,7 @@ from edgeseg.bundle import Bundle
 from edgeseg.cli import cli
 from edgeseg.errors import ConfigError, ParityError
 from tests.conftest import tiny_module
-from tests.test_quantize import DeepNet
+from tests.calibration.test_quantize import DeepNet
 
 SIZE = (32, 48)
 
