@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from PIL import Image
 
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
 from calibration.quantize import (
@@ -29,9 +28,8 @@ from calibration.quantize import (
     quantized_nodes,
 )
 from edgeseg.bundle import InputSpec
-from edgeseg.errors import ConfigError, InputError, ParityError
-from edgeseg.runtime.image import prepare
-from edgeseg.runtime.sources import list_images, read_image
+from edgeseg.errors import ConfigError, ParityError
+from edgeseg.runtime.frames import load_frames
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +71,17 @@ class QuantOptions:
             raise ConfigError(f"calib_size must be >= 1, got {self.calib_size}")
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class EvalSet:
-    """Held-out images (and labels) a lower-precision graph is judged on."""
+    """Held-out images (and labels) a lower-precision graph is judged on.
+
+    Attributes:
+        images: (N, H, W, C) uint8, as the graph's ``image`` input takes them.
+        source: where they come from, for reports.
+        names: their names in the source (may be empty).
+        labels: (N, H, W) uint8 class ids at the images' size, or None.
+        ignore_index: the label id left out of mIoU, or None.
+    """
 
     images: np.ndarray
     source: str
@@ -115,50 +121,36 @@ def load_eval_set(
     labels: str | os.PathLike[str] | None = None,
     label_format: str = "auto",
     ignore_index: int | None = None,
+    seed: int = 0,
 ) -> EvalSet:
-    """Up to ``limit`` images of ``folder`` (evenly spread), prepared as the runtime does,
-    with their labels resized (nearest) to the graph's size when ``labels`` is given.
+    """Up to ``limit`` frames of ``folder``, prepared as the runtime does, and their labels.
+
+    Read by :func:`edgeseg.runtime.frames.load_frames`: the frames are spread over
+    the whole source (the same ``seed`` giving the same frames); with ``labels``,
+    only images that have a label are candidates, and each label is resized
+    (nearest) to its prepared image.
+
+    Args:
+        folder: a folder of images (searched recursively), a video or an ``.npz`` file.
+        spec: the graph's ``image`` input.
+        limit: how many frames to use at most.
+        labels: a folder of label images, paired with the images by name.
+        label_format: how labels are read (:func:`edgeseg.labels.read_label`).
+        ignore_index: the label id left out of mIoU (default: the format's convention).
+        seed: seed of the picks.
 
     Raises:
         ConfigError: the folder is missing or has no usable image, or no label matches.
     """
-    from edgeseg.labels import default_ignore_index, pair_labels, read_label
+    from edgeseg.labels import default_ignore_index
 
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"samples folder {root} does not exist or is not a folder")
-    files = list_images(root, recursive=True)
-    if labels is not None:
-        pairs = pair_labels(files, labels)
-        files = list(pairs)
-    if not files:
-        raise ConfigError(f"samples folder {root} has no images (png, jpg, bmp, tif)")
-    if len(files) > limit:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
-    images, names, label_maps = [], [], []
-    for file in files:
-        try:
-            image = prepare(read_image(file), spec)[0]
-            label = read_label(pairs[file], format=label_format) if labels is not None else None
-        except InputError as err:
-            log.warning("skipping evaluation image: %s", err)
-            continue
-        if label is not None:
-            if label.shape[:2] != (image.shape[0], image.shape[1]):
-                label = np.asarray(
-                    Image.fromarray(label).resize((image.shape[1], image.shape[0]), Image.Resampling.NEAREST)
-                )
-            label_maps.append(label)
-        images.append(image)
-        names.append(str(file.relative_to(root)))
-    if not images:
-        raise ConfigError(f"samples folder {root}: none of {len(files)} images could be read")
-    if len({im.shape for im in images}) > 1:
-        raise ConfigError(f"samples in {root} come out at different sizes; use a static-size bundle")
-    ignore = ignore_index if ignore_index is not None else (default_ignore_index(label_format) if labels else None)
-    return EvalSet(
-        np.stack(images), str(root), names, np.stack(label_maps) if label_maps else None, ignore
+    frames = load_frames(
+        folder, spec, limit=limit, seed=seed, labels=labels, label_format=label_format,
+        what="samples folder",
     )
+    if ignore_index is None and labels is not None:
+        ignore_index = default_ignore_index(label_format)
+    return EvalSet(frames.images, frames.source, list(frames.names), frames.labels, ignore_index)
 
 
 def lower_precision(

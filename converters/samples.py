@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import ConfigError, InputError
-from edgeseg.runtime.image import resize_image, to_channels
-from edgeseg.runtime.sources import list_images, read_image
-
-log = logging.getLogger(__name__)
+from edgeseg.bundle import InputSpec
+from edgeseg.runtime.frames import load_frames
+from edgeseg.runtime.image import to_channels
 
 
 def synthetic_images(n: int, size: tuple[int, int], channels: int = 3, *, seed: int = 0) -> np.ndarray:
@@ -47,36 +43,32 @@ def synthetic_images(n: int, size: tuple[int, int], channels: int = 3, *, seed: 
 
 
 def load_samples(
-    folder: str | os.PathLike[str], size: tuple[int, int], channels: int = 3, *, limit: int = 8
+    folder: str | os.PathLike[str],
+    size: tuple[int, int],
+    channels: int = 3,
+    *,
+    limit: int = 8,
+    seed: int = 0,
 ) -> tuple[np.ndarray, int]:
-    """Up to ``limit`` images of ``folder`` (evenly spread over its sorted files),
-    prepared exactly as the runtime prepares frames.
+    """Up to ``limit`` frames of ``folder``, prepared exactly as the runtime prepares them.
+
+    The frames are picked and read by :func:`edgeseg.runtime.frames.load_frames`:
+    spread over the whole source, the same ``seed`` giving the same frames.
+
+    Args:
+        folder: a folder of images (searched recursively), a video or an ``.npz`` file.
+        size: (height, width) of the graph's input.
+        channels: 1 or 3.
+        limit: how many frames to use at most.
+        seed: seed of the picks.
 
     Returns:
-        (images (n, H, W, channels) uint8, number of unreadable files skipped).
+        (images (n, H, W, channels) uint8, number of unreadable frames skipped).
 
     Raises:
         ConfigError: the folder does not exist or holds no readable image.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"samples folder {root} does not exist or is not a folder")
-    files = list_images(root, recursive=True)
-    if not files:
-        raise ConfigError(f"samples folder {root} has no images (png, jpg, bmp, tif)")
-    if len(files) > limit:
-        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files = [files[i] for i in picks]
-    images, skipped = [], 0
-    for file in files:
-        try:
-            frame = read_image(file)
-        except InputError as err:
-            log.warning("skipping sample: %s", err)
-            skipped += 1
-            continue
-        frame = frame[:, :, None] if frame.ndim == 2 else frame
-        images.append(resize_image(to_channels(frame, channels), size))
-    if not images:
-        raise ConfigError(f"samples folder {root}: none of {len(files)} images could be read")
-    return np.stack(images), skipped
+    frames = load_frames(
+        folder, InputSpec(size=size, channels=channels), limit=limit, seed=seed, what="samples folder"
+    )
+    return frames.images, len(frames.skipped)

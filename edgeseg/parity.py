@@ -285,56 +285,48 @@ class ParityReport:
 # ----------------------------------------------------------------------------- inputs
 
 
-def iter_images(images: Any) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    """(name, frame or None, error or None) from a folder, a file list, or arrays.
+def iter_images(
+    images: Any, *, limit: int | None = None, seed: int = 0
+) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(name, frame or None, error or None) of the images of a source, read lazily.
 
-    Accepts a folder path, a list of image paths, an (N, H, W[, C]) array, or a
-    list of (H, W[, C]) arrays (named ``image_0000``, ...).
+    Accepts anything :func:`edgeseg.runtime.frames.frame_source` takes: a folder
+    (searched recursively), a video, an ``.npz`` file, a list of image files, an
+    (N, H, W[, C]) array or a list of (H, W[, C]) arrays. Names are the frames'
+    names there (a folder's files by their relative paths, arrays ``image_0000``, ...).
+
+    Args:
+        images: the source.
+        limit: read at most this many frames, spread over the whole source
+            (:meth:`edgeseg.runtime.frames.FrameSource.pick`).
+        seed: seed of the picks.
     """
-    from edgeseg.runtime.sources import list_images, read_image
+    from edgeseg.runtime.frames import frame_source
 
-    if isinstance(images, (str, os.PathLike)):
-        root = Path(images)
-        if not root.is_dir():
-            raise ConfigError(f"images {root} is not a folder")
-        files = list_images(root, recursive=True)
-        if not files:
-            raise ConfigError(f"images folder {root} has no images")
-        images = files
-    if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            raise InputError(f"images: expected an (N, H, W[, C]) array, got shape {images.shape}")
-        images = list(images)
-    for i, item in enumerate(images):
-        if isinstance(item, (str, os.PathLike)):
-            path = Path(item)
-            try:
-                yield path.stem, read_image(path), None
-            except InputError as err:
-                yield path.stem, None, str(err)
-        else:
-            yield f"image_{i:04d}", np.asarray(item), None
+    source = frame_source(images, what="images")
+    yield from source.read(source.pick(limit, seed))
 
 
-def _label_source(labels: Any, images: Any, label_format: str) -> Callable[[str, int], np.ndarray | None]:
-    """A lookup (image name, index) -> label (H, W) uint8 or None."""
-    from edgeseg.labels import pair_labels, read_label
-    from edgeseg.runtime.sources import list_images
+def _label_source(labels: Any, images: Any, label_format: str) -> Callable[[str], np.ndarray | None]:
+    """A lookup image name -> label (H, W) uint8 or None.
 
+    ``labels`` is a folder (paired by name with the images, which must be image
+    files), a mapping name -> label, or a sequence aligned with the images.
+    """
+    from edgeseg.labels import read_label
+    from edgeseg.runtime.frames import frame_source, pair_frame_labels
+
+    frames = frame_source(images, what="images")
     if labels is None:
-        return lambda name, index: None
+        return lambda name: None
     if isinstance(labels, (str, os.PathLike)):
-        if not isinstance(images, (str, os.PathLike, list, tuple)) or (
-            isinstance(images, (list, tuple)) and images and not isinstance(images[0], (str, os.PathLike))
-        ):
-            raise ConfigError("a labels folder needs images given as a folder or a list of files")
-        files = list_images(images, recursive=True) if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
-        paired = {path.stem: label for path, label in pair_labels(files, labels).items()}
-        return lambda name, index: read_label(paired[name], format=label_format) if name in paired else None
+        paired = pair_frame_labels(frames, labels)
+        return lambda name: read_label(paired[name], format=label_format) if name in paired else None
     if isinstance(labels, Mapping):
-        return lambda name, index: np.asarray(labels[name]) if name in labels else None
+        return lambda name: np.asarray(labels[name]) if name in labels else None
     seq = list(labels)
-    return lambda name, index: np.asarray(seq[index]) if index < len(seq) else None
+    position = {name: i for i, name in enumerate(frames.names)}  # aligned with the candidates
+    return lambda name: np.asarray(seq[position[name]]) if position[name] < len(seq) else None
 
 
 # ----------------------------------------------------------------------------- reference
@@ -463,7 +455,8 @@ def compare(
         precisions: which graphs to compare (default: all of the bundle's).
         reference: a description of the model for the report.
         keep_worst: how many worst images to keep per artefact.
-        limit: compare at most this many images.
+        limit: compare at most this many images, spread over the whole source
+            (seeded picks, as :func:`iter_images`).
         progress: called with (images done, total or None).
 
     Returns:
@@ -491,8 +484,11 @@ def compare(
         model, ExportSpec(input_size=spec.size, in_channels=spec.channels, mean=spec.mean, std=spec.std, simplify=False)
     ).eval()
     n_classes = manifest.num_classes
-    label_of = _label_source(labels, images, label_format)
-    total = _count(images, limit)
+    from edgeseg.runtime.frames import frame_source
+
+    frames = frame_source(images, what="images")  # listed once: labels, count and picks agree
+    label_of = _label_source(labels, frames, label_format)
+    total = len(frames.pick(limit))
     resize = NearestResizer()
     ref_cm = np.zeros((n_classes, n_classes), np.int64)
     notes: list[str] = []
@@ -502,9 +498,7 @@ def compare(
         cms = [np.zeros((n_classes, n_classes), np.int64) for _ in runners]
         count = labelled = 0
         try:
-            for index, (name, frame, error) in enumerate(iter_images(images)):
-                if limit is not None and count >= limit:
-                    break
+            for name, frame, error in iter_images(frames, limit=limit):
                 if frame is None:
                     notes.append(f"skipped {name}: {error}")
                     continue
@@ -518,7 +512,7 @@ def compare(
                 ref_logits, ref_mask = ref_logits_t[0].numpy(), ref_mask_t[0].numpy()
                 if fused_crf is not None:  # the graph's mask comes after its CRF: so must PyTorch's
                     ref_mask = crf_reference(batch[0], ref_logits, fused_crf).argmax(axis=0).astype(np.uint8)
-                label = label_of(name, index)
+                label = label_of(name)
                 if label is not None and label.shape[:2] != frame.shape[:2]:
                     raise InputError(
                         f"label of {name} is {label.shape[:2]}, the image is {frame.shape[:2]}"
@@ -573,21 +567,6 @@ def compare(
 
 def _precision_order(p: str) -> int:
     return {"fp32": 0, "fp16": 1, "int8": 2}.get(p, 3)
-
-
-def _count(images: Any, limit: int | None) -> int | None:
-    from edgeseg.runtime.sources import list_images
-
-    n: int | None
-    if isinstance(images, (str, os.PathLike)):
-        n = len(list_images(images, recursive=True)) if Path(images).is_dir() else None
-    elif hasattr(images, "__len__"):
-        n = len(images)
-    else:
-        n = None
-    if n is not None and limit is not None:
-        n = min(n, limit)
-    return n
 
 
 class _Runner:

@@ -17,7 +17,8 @@ from PIL import Image
 import edgeseg
 from edgeseg.bundle import Bundle, write_bundle
 from edgeseg.errors import ConfigError
-from edgeseg.parity import compare, expose_logits, reference_model
+from edgeseg.parity import compare, expose_logits, iter_images, reference_model
+from edgeseg.runtime.frames import stratified_picks
 from edgeseg.testing import assert_parity
 from tests.conftest import tiny_module
 
@@ -115,6 +116,27 @@ def test_label_shape_mismatch_is_named(tiny_bundle: Path) -> None:
     frames = np.zeros((1, 40, 60, 3), np.uint8)
     with pytest.raises(edgeseg.errors.InputError, match=r"label of image_0000 is \(10, 10\), the image is \(40, 60\)"):
         compare(tiny_bundle, tiny_module(), frames, labels=[np.zeros((10, 10), np.uint8)])
+
+
+def test_limit_picks_spread_over_the_source(tiny_bundle: Path, frames_and_labels: tuple[Path, Path]) -> None:
+    images, labels = frames_and_labels
+    picked = [f"f{i}.png" for i in stratified_picks(6, 3, 0)]
+    assert [name for name, _, _ in iter_images(images, limit=3)] == picked  # not the first three
+    assert [name for name, _, _ in iter_images(images, limit=3, seed=0)] == picked
+    report = compare(tiny_bundle, tiny_module(), images, labels=labels, limit=3, keep_worst=6)
+    assert report.images == 3 and report.labelled == 3
+    assert sorted(w.name for w in report.artefacts[0].worst) == picked
+
+
+def test_limit_keeps_sequence_labels_aligned(tiny_bundle: Path) -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (40, 50 + 2 * i, 3), dtype=np.uint8) for i in range(8)]
+    labels = [np.zeros(f.shape[:2], np.uint8) for f in frames]  # a misaligned label has the wrong shape
+    calls: list[tuple[int, int | None]] = []
+    report = compare(tiny_bundle, tiny_module(), frames, labels=labels, limit=3,
+                     progress=lambda done, total: calls.append((done, total)))
+    assert report.images == 3 and report.labelled == 3
+    assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
 def test_reference_model_needs_weights_or_factory(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.sets import CalibrationSet, load_calibration_set, stratified_picks
+from calibration.sets import CalibrationSet, load_calibration_set
 from edgeseg.bundle import InputSpec
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.image import prepare
@@ -91,18 +91,6 @@ def _frame_index(image: np.ndarray) -> int:
 # ----------------------------------------------------------------- sampling
 
 
-def test_stratified_picks_are_spread_sorted_and_deterministic() -> None:
-    picks = stratified_picks(1000, 10, seed=0)
-    assert len(picks) == 10 and len(set(picks.tolist())) == 10
-    assert list(picks) == sorted(picks)
-    for k, index in enumerate(picks):  # one per stratum
-        assert k * 100 <= index < (k + 1) * 100
-    assert np.array_equal(picks, stratified_picks(1000, 10, seed=0))
-    assert not np.array_equal(picks, stratified_picks(1000, 10, seed=1))
-    assert stratified_picks(7, 10, seed=0).tolist() == list(range(7))
-    assert stratified_picks(11, 10, seed=5).tolist() == sorted(set(stratified_picks(11, 10, 5)))
-
-
 def test_folder_picks_are_deterministic_and_cover_the_whole_folder(folder: Path) -> None:
     a = load_calibration_set(folder, SPEC, size=10, seed=0)
     b = load_calibration_set(folder, SPEC, size=10, seed=0)
@@ -162,7 +150,7 @@ def test_dynamic_spec_keeps_prepare_size_or_falls_back_to_nominal(tmp_path: Path
 def test_corrupt_files_are_skipped_counted_and_named(
     broken_folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="calibration.sets"):
+    with caplog.at_level(logging.WARNING, logger="edgeseg.runtime.frames"):
         calib = load_calibration_set(broken_folder, SPEC, size=50, min_images=4)
     assert calib.available == 8 and len(calib.picked) == 8 and len(calib) == 6
     names = dict(calib.skipped)
