@@ -28,80 +28,14 @@ loop by loop for clarity; the graph must match it to 1e-4.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.errors import ConfigError
+from edgeseg.manifest import CRFParams  # the manifest's record of the CRF settings
 
 CRF_OPSET = 19
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Mean-field CRF settings.
-
-    The kernel defaults are DeepLab v2's published CRF settings (bi_w 4,
-    bi_xy_std 67, bi_rgb_std 3, pos_w 3, pos_xy_std 1); window 5 on a 4x
-    coarser grid keeps a 480x360 frame's CRF to tens of milliseconds on a CPU.
-
-    Attributes:
-        iterations: mean-field iterations.
-        window: odd side of the message window, in (down-sampled) pixels.
-        downsample: messages are computed on a grid this many times coarser.
-        w_bilateral: weight of the bilateral (appearance) kernel.
-        theta_alpha: its position width, full-resolution pixels.
-        theta_beta: its colour width, 0..255 units.
-        w_gaussian: weight of the Gaussian (smoothness) kernel.
-        theta_gamma: its position width, full-resolution pixels.
-    """
-
-    iterations: int = 5
-    window: int = 5
-    downsample: int = 4
-    w_bilateral: float = 4.0
-    theta_alpha: float = 67.0
-    theta_beta: float = 3.0
-    w_gaussian: float = 3.0
-    theta_gamma: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.iterations, int) or self.iterations < 0:
-            raise ConfigError(f"crf iterations must be an integer >= 0, got {self.iterations!r}")
-        if not isinstance(self.window, int) or self.window < 3 or self.window % 2 == 0:
-            raise ConfigError(f"crf window must be an odd integer >= 3, got {self.window!r}")
-        if not isinstance(self.downsample, int) or self.downsample < 1:
-            raise ConfigError(f"crf downsample must be an integer >= 1, got {self.downsample!r}")
-        for name in ("theta_alpha", "theta_beta", "theta_gamma"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"crf {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("w_bilateral", "w_gaussian"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"crf {name} must be >= 0, got {getattr(self, name)!r}")
-
-    def offsets(self) -> list[tuple[int, int]]:
-        """(dy, dx) of the window, row-major, the centre included."""
-        r = self.window // 2
-        return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-
-    def offset_constants(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per offset: the bilateral kernel's position factor times its weight, and the Gaussian term.
-
-        The centre (the pixel itself) gets 0 in both: no message to oneself.
-        """
-        d = float(self.downsample)
-        spatial, gauss = [], []
-        for dy, dx in self.offsets():
-            dist2 = (dy * dy + dx * dx) * d * d
-            centre = dy == 0 and dx == 0
-            spatial.append(0.0 if centre else self.w_bilateral * np.exp(-dist2 / (2 * self.theta_alpha**2)))
-            gauss.append(0.0 if centre else self.w_gaussian * np.exp(-dist2 / (2 * self.theta_gamma**2)))
-        return np.asarray(spatial), np.asarray(gauss)
-
-    def to_json(self) -> dict[str, float | int]:
-        return dict(self.__dict__)
 
 
 # --------------------------------------------------------------------------- NumPy reference

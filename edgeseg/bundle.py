@@ -11,6 +11,7 @@ beside the destination, which is renamed into place once complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,259 +19,23 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgeseg.errors import BundleError, BundleExistsError
+from edgeseg.manifest import (
+    CRF_MODES,
+    MANIFEST_NAME,
+    OUTPUTS,
+    PRECISIONS,
+    SCHEMA_VERSION,
+    FileRecord,
+    InputSpec,
+    Manifest,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 SUFFIX = ".edgeseg"
-PRECISIONS = ("fp32", "fp16", "int8")
-OUTPUTS = ("mask", "probs", "logits")
-CRF_MODES = ("separate", "fused")
-
-_REQUIRED_KEYS = (
-    "schema_version",
-    "model",
-    "classes",
-    "palette",
-    "input",
-    "precision",
-    "opset",
-    "files",
-    "versions",
-    "parity",
-)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the graph's ``image`` input expects.
-
-    Attributes:
-        size: (height, width) the graph was exported for (the nominal size of a
-            dynamic graph).
-        channels: 3 for RGB, 1 for grayscale.
-        mean: per-channel mean on the 0..1 scale, applied inside the graph.
-        std: per-channel standard deviation on the 0..1 scale.
-        dynamic: height and width are symbolic in the graph.
-        multiple_of: a dynamic graph accepts sides that are multiples of this.
-        layout: always "NHWC"; dtype always "uint8".
-    """
-
-    size: tuple[int, int]
-    channels: int = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    dynamic: bool = False
-    multiple_of: int = 1
-    layout: str = "NHWC"
-    dtype: str = "uint8"
-
-    @property
-    def color(self) -> str:
-        return "RGB" if self.channels == 3 else "GRAY"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": "image",
-            "size": list(self.size),
-            "channels": self.channels,
-            "color": self.color,
-            "layout": self.layout,
-            "dtype": self.dtype,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "dynamic": self.dynamic,
-            "multiple_of": self.multiple_of,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> InputSpec:
-        try:
-            size = tuple(int(v) for v in data["size"])
-            if len(size) != 2:
-                raise ValueError(f"size must be [height, width], got {data['size']!r}")
-            return cls(
-                size=(size[0], size[1]),
-                channels=int(data["channels"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
-                dynamic=bool(data.get("dynamic", False)),
-                multiple_of=int(data.get("multiple_of", 1)),
-                layout=str(data.get("layout", "NHWC")),
-                dtype=str(data.get("dtype", "uint8")),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"manifest 'input' is malformed: {err}") from err
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The parsed ``manifest.json`` of a bundle."""
-
-    model: dict[str, Any]
-    classes: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    input: InputSpec
-    precision: str
-    opset: int
-    outputs: tuple[str, ...]
-    graphs: dict[str, str]
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    parity: dict[str, Any] = field(default_factory=dict)
-    crf: dict[str, Any] | None = None
-    # per lower-precision graph ("fp16", "int8"): its parity with the float graph and how it was made
-    precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # TensorRT engines built from the graphs: one dict per engine (file, inspector, gpu, sm,
-    # trt_version, precision, profile, dla_core, built_at, ...); see converters.tensorrt.add_engine
-    engines: list[dict[str, Any]] = field(default_factory=list)
-    schema_version: int = SCHEMA_VERSION
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "model": self.model,
-            "classes": list(self.classes),
-            "palette": [list(c) for c in self.palette],
-            "input": self.input.to_json(),
-            "precision": self.precision,
-            "opset": self.opset,
-            "outputs": list(self.outputs),
-            "graphs": dict(self.graphs),
-            "files": self.files,
-            "versions": self.versions,
-            "parity": self.parity,
-            "crf": self.crf,
-            "precisions": self.precisions,
-            "engines": [dict(e) for e in self.engines],
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, *, where: str = MANIFEST_NAME) -> Manifest:
-        if not isinstance(data, dict):
-            raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        missing = [k for k in _REQUIRED_KEYS if k not in data]
-        if missing:
-            raise BundleError(f"{where}: missing keys {', '.join(missing)}")
-        version = data["schema_version"]
-        if not isinstance(version, int) or version < 1:
-            raise BundleError(f"{where}: schema_version must be a positive integer, got {version!r}")
-        if version > SCHEMA_VERSION:
-            raise BundleError(
-                f"{where}: schema_version {version} is newer than this edgeseg reads "
-                f"({SCHEMA_VERSION}); upgrade edgeseg"
-            )
-        try:
-            classes = tuple(str(c) for c in data["classes"])
-            palette = tuple(_color(c) for c in data["palette"])
-            files = {str(k): dict(v) for k, v in data["files"].items()}
-            graphs = {str(k): str(v) for k, v in data.get("graphs", {}).items()}
-            manifest = cls(
-                schema_version=version,
-                model=dict(data["model"]),
-                classes=classes,
-                palette=palette,
-                input=InputSpec.from_json(data["input"]),
-                precision=str(data["precision"]),
-                opset=int(data["opset"]),
-                outputs=tuple(str(o) for o in data.get("outputs", ("mask",))),
-                graphs=graphs,
-                files=files,
-                versions={str(k): str(v) for k, v in data["versions"].items()},
-                parity=dict(data["parity"]),
-                crf=dict(data["crf"]) if data.get("crf") else None,
-                precisions={str(k): dict(v) for k, v in (data.get("precisions") or {}).items()},
-                engines=[dict(e) for e in (data.get("engines") or [])],
-            )
-        except BundleError:
-            raise
-        except (AttributeError, TypeError, ValueError) as err:
-            raise BundleError(f"{where}: malformed value: {err}") from err
-        manifest.validate(where=where)
-        return manifest
-
-    def validate(self, *, where: str = MANIFEST_NAME) -> None:
-        """Checks the manifest's internal consistency.
-
-        Raises:
-            BundleError: naming the first inconsistency found.
-        """
-        if not self.classes:
-            raise BundleError(f"{where}: 'classes' is empty")
-        if len(self.palette) != len(self.classes):
-            raise BundleError(
-                f"{where}: palette has {len(self.palette)} colours for {len(self.classes)} classes"
-            )
-        if self.precision not in PRECISIONS:
-            raise BundleError(
-                f"{where}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
-            )
-        if self.precision not in self.graphs:
-            raise BundleError(f"{where}: no graph for the bundle's precision {self.precision!r}")
-        for precision, name in self.graphs.items():
-            if name not in self.files:
-                raise BundleError(
-                    f"{where}: graph {name!r} ({precision}) is not listed under 'files'"
-                )
-        for precision in self.graphs:
-            if precision not in PRECISIONS:
-                raise BundleError(f"{where}: graph precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        for precision in self.precisions:
-            if precision not in self.graphs:
-                raise BundleError(f"{where}: 'precisions' describes {precision!r}, which has no graph")
-        engine_files: set[str] = set()
-        for engine in self.engines:
-            plan = engine.get("file")
-            if plan not in self.files:
-                raise BundleError(f"{where}: engine {plan!r} is not listed under 'files'")
-            if plan in engine_files:
-                raise BundleError(f"{where}: engine {plan!r} is listed twice under 'engines'")
-            engine_files.add(str(plan))
-            inspector = engine.get("inspector")
-            if inspector is not None and inspector not in self.files:
-                raise BundleError(
-                    f"{where}: engine {plan!r}: its layer information {inspector!r} is not listed "
-                    "under 'files'"
-                )
-            if engine.get("precision") not in PRECISIONS:
-                raise BundleError(
-                    f"{where}: engine {plan!r}: precision {engine.get('precision')!r} is not one of "
-                    f"{', '.join(PRECISIONS)}"
-                )
-        unknown = [o for o in self.outputs if o not in OUTPUTS]
-        if "mask" not in self.outputs or unknown:
-            raise BundleError(
-                f"{where}: outputs {list(self.outputs)} must include 'mask' and only "
-                f"{', '.join(OUTPUTS)}"
-            )
-        if self.crf is not None:
-            mode = self.crf.get("mode")
-            if mode not in CRF_MODES:
-                raise BundleError(f"{where}: crf mode {mode!r} is not one of {', '.join(CRF_MODES)}")
-            if mode == "separate" and self.crf.get("graph") not in self.files:
-                raise BundleError(f"{where}: crf graph {self.crf.get('graph')!r} is not listed under 'files'")
-            if mode == "separate" and "logits" not in self.outputs:
-                raise BundleError(f"{where}: a separate crf needs the model's 'logits' output")
-        for name in self.files:
-            if Path(name).is_absolute() or ".." in Path(name).parts or "/" in name:
-                raise BundleError(f"{where}: file name {name!r} is not a plain name in the bundle")
-
-
-def _color(value: Any) -> tuple[int, int, int]:
-    rgb = tuple(int(v) for v in value)
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(f"palette entry {value!r} is not an [r, g, b] triple of 0..255")
-    return (rgb[0], rgb[1], rgb[2])
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -351,17 +116,16 @@ class Bundle:
             if not file.is_file():
                 raise BundleError(f"bundle {self.path}: file {name} is missing")
             size = file.stat().st_size
-            expected_size = info.get("bytes")
-            if expected_size is not None and size != int(expected_size):
+            if size != info.bytes:
                 raise BundleError(
                     f"bundle {self.path}: file {name} has {size} bytes, the manifest says "
-                    f"{expected_size} (truncated or replaced?)"
+                    f"{info.bytes} (truncated or replaced?)"
                 )
             digest = sha256_file(file)
-            if digest != info.get("sha256"):
+            if digest != info.sha256:
                 raise BundleError(
                     f"bundle {self.path}: file {name} does not match its checksum "
-                    f"(sha256 {digest[:12]}..., manifest {str(info.get('sha256'))[:12]}...): "
+                    f"(sha256 {digest[:12]}..., manifest {info.sha256[:12]}...): "
                     "it was altered after the build"
                 )
 
@@ -382,7 +146,7 @@ class Bundle:
         return self.file(name)
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, model={self.manifest.model.get('name')!r})"
+        return f"Bundle({str(self.path)!r}, model={self.manifest.model.name!r})"
 
 
 def bundle_path(path: str | os.PathLike[str]) -> Path:
@@ -429,7 +193,7 @@ def write_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[str, FileRecord] = {}
         for name, content in files.items():
             if "/" in name or name in (MANIFEST_NAME, "", ".", ".."):
                 raise BundleError(f"bundle file name {name!r} is not allowed")
@@ -438,8 +202,8 @@ def write_bundle(
                 target.write_bytes(content)
             else:
                 shutil.copyfile(content, target)
-            records[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-        final = Manifest(**{**manifest.__dict__, "files": records})
+            records[name] = FileRecord(sha256_file(target), target.stat().st_size)
+        final = dataclasses.replace(manifest, files=records, schema_version=SCHEMA_VERSION)
         final.validate(where=f"{out}/{MANIFEST_NAME}")
         _write_text_synced(tmp / MANIFEST_NAME, json.dumps(final.to_json(), indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -491,3 +255,21 @@ def class_names(classes: Sequence[str] | None, num_classes: int | None) -> list[
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     return [f"class_{i}" for i in range(num_classes)]
+
+
+__all__ = [
+    "CRF_MODES",
+    "MANIFEST_NAME",
+    "OUTPUTS",
+    "PRECISIONS",
+    "SCHEMA_VERSION",
+    "SUFFIX",
+    "Bundle",
+    "InputSpec",
+    "Manifest",
+    "bundle_path",
+    "class_names",
+    "default_palette",
+    "sha256_file",
+    "write_bundle",
+]

@@ -34,7 +34,7 @@ def _manifest(**overrides) -> Manifest:  # type: ignore[no-untyped-def]
         parity={"agreement": 1.0},
     )
     fields.update(overrides)
-    return Manifest(**fields)  # type: ignore[arg-type]
+    return Manifest.create(**fields)
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_round_trip_keeps_every_field(written: Bundle) -> None:
     assert m.classes == ("a", "b")
     assert m.palette == ((0, 0, 0), (255, 0, 0))
     assert m.input == InputSpec(size=(32, 48))
-    assert m.files["model.onnx"]["bytes"] == 1100
-    assert len(m.files["model.onnx"]["sha256"]) == 64
+    assert m.files["model.onnx"].bytes == 1100
+    assert len(m.files["model.onnx"].sha256) == 64
     assert loaded.graph() == written.path / "model.onnx"
     data = json.loads((written.path / "manifest.json").read_text())
     for key in ("schema_version", "model", "classes", "palette", "input", "precision", "opset",
@@ -99,14 +99,37 @@ def test_missing_manifest_and_directory(tmp_path: Path, written: Bundle) -> None
     [
         (lambda d: d.pop("classes"), "missing keys classes"),
         (lambda d: d.update(schema_version=99), "schema_version 99 is newer"),
-        (lambda d: d.update(schema_version="1"), "schema_version must be a positive integer"),
-        (lambda d: d.update(precision="int4"), "precision 'int4' is not one of"),
+        (lambda d: d.update(schema_version="1"), r"schema_version must be an integer, got '1'"),
+        (lambda d: d.update(schema_version=True), r"schema_version must be an integer, got True"),
+        (lambda d: d.update(schema_version=0), r"schema_version must be one of 1, 2, got 0"),
+        (lambda d: d.update(precision="int4"), r"precision must be one of fp32, fp16, int8, got 'int4'"),
         (lambda d: d.update(palette=[[0, 0, 0]]), "palette has 1 colours for 2 classes"),
-        (lambda d: d.update(palette=[[0, 0, 0], [300, 0, 0]]), "malformed value"),
+        (lambda d: d.update(palette=[[0, 0, 0], [300, 0, 0]]), r"palette\[1\]\[0\] must be <= 255, got 300"),
         (lambda d: d.update(outputs=["probs"]), "must include 'mask'"),
-        (lambda d: d["input"].pop("size"), "manifest 'input' is malformed"),
+        (lambda d: d["input"].pop("size"), r"manifest.json: input: missing key 'size'"),
+        (lambda d: d["input"].update(size=[0, 48]), r"input.size\[0\] must be >= 1, got 0"),
+        (lambda d: d["input"].update(size=[-32, 48]), r"input.size\[0\] must be >= 1, got -32"),
+        (lambda d: d["input"].update(size=[60000, 60000]), r"input.size\[0\] must be <= 16384, got 60000"),
+        (lambda d: d["input"].update(size=[32]), r"input.size must be a list of 2, got \[32\]"),
+        (lambda d: d["input"].update(channels=5), r"input.channels must be one of 1, 3, got 5"),
+        (lambda d: d["input"].update(channels=-3), r"input.channels must be one of 1, 3, got -3"),
+        (lambda d: d["input"].update(multiple_of=0), r"input.multiple_of must be >= 1, got 0"),
+        (lambda d: d["input"].update(std=[0.2, 0.0, 0.2]), r"input.std\[1\] must be > 0, got 0.0"),
+        (lambda d: d["input"].update(mean=[0.5]), r"input.mean has 1 values for 3 channel\(s\)"),
+        (lambda d: d["input"].update(color="GRAY"), r"input.color 'GRAY' does not match: expected 'RGB'"),
+        (lambda d: d["input"].update(dynamic="yes"), r"input.dynamic must be true or false, got 'yes'"),
+        (lambda d: d["files"]["model.onnx"].update(bytes="abc"), r"files.model.onnx.bytes must be an integer, got 'abc'"),
+        (lambda d: d["files"]["model.onnx"].update(bytes=-1), r"files.model.onnx.bytes must be >= 0, got -1"),
+        (lambda d: d["files"]["model.onnx"].update(sha256="xyz"), r"files.model.onnx.sha256 'xyz' is not of the form"),
+        (lambda d: d.update(parity={"agreement": 1.5}), r"parity.agreement must be <= 1, got 1.5"),
+        (lambda d: d.update(parity={"agreement": 1.0, "colour": 3}), r"parity: unknown key\(s\) colour"),
+        (lambda d: d.update(surprise=1), r"manifest.json: unknown key\(s\) surprise"),
+        (lambda d: d.update(crf={"mode": "later"}), r"crf.mode must be one of separate, fused, got 'later'"),
+        (lambda d: d.update(crf={"mode": "fused", "params": {"window": 4}}), r"crf.params: crf window must be an odd integer >= 3, got 4"),
+        (lambda d: d.update(op_types={"gone.onnx": ["Conv"]}), r"op_types describes 'gone.onnx'"),
+        (lambda d: d.update(model={"name": "toy", "source": "hub"}), r"model.source must be one of zoo, module, got 'hub'"),
         (lambda d: d.update(graphs={"fp32": "other.onnx"}), "'other.onnx' .* not listed"),
-        (lambda d: d["files"].update({"../evil": {"sha256": "0", "bytes": 1}}), "not a plain name"),
+        (lambda d: d["files"].update({"../evil": {"sha256": "0" * 64, "bytes": 1}}), "not a plain name"),
     ],
 )
 def test_malformed_manifest_is_named(written: Bundle, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +164,7 @@ def test_failed_write_leaves_no_partial_bundle_and_keeps_the_old(written: Bundle
     # a file name that may not be written: fails half-way through writing
     with pytest.raises(BundleError, match="not allowed"):
         write_bundle(written.path, _manifest(), {"model.onnx": b"x", "a/b": b"y"}, overwrite=True)
-    assert Bundle.load(written.path).manifest.files["model.onnx"]["bytes"] == 1100
+    assert Bundle.load(written.path).manifest.files["model.onnx"].bytes == 1100
     assert sorted(p.name for p in written.path.parent.iterdir()) == [written.path.name]
 
 
