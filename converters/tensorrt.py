@@ -25,41 +25,43 @@ that has TensorRT but no build extra.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeseg.bundle import Bundle, InputSpec, Manifest, write_bundle
-from edgeseg.errors import BackendError, ConfigError, EdgesegError, MissingDependencyError
-from edgeseg.runtime.backends.tensorrt import (
+from edgeseg.bundle import Bundle, InputSpec, write_bundle
+from edgeseg.engines import (
     PLUGIN_LIBRARY,
     PLUGIN_OP,
     DeviceInfo,
+    EngineChoice,
     engine_file_name,
     inspector_file_name,
+    parse_version,
+    probe_device,
+    tensorrt_version,
+    trt_short_version,
+)
+from edgeseg.errors import BackendError, ConfigError, EdgesegError, MissingDependencyError
+from edgeseg.manifest import EngineRecord, ProfileRecord
+from edgeseg.progress import Say, say_or_log
+from edgeseg.runtime.backends.tensorrt_lib import (
     load_plugin_libraries,
     logged_errors,
     make_logger,
-    parse_version,
-    probe_device,
     require_tensorrt,
-    tensorrt_version,
-    trt_short_version,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorrt as trt
 
 log = logging.getLogger(__name__)
-
-Say = Callable[[str], None]
 
 TARGETS = ("auto", "tensorrt", "cpu")
 DEFORM_MODES = ("native", "plugin")
@@ -151,22 +153,16 @@ class EngineConfig:
         return cls(**dict(values))
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any]) -> EngineConfig:
+    def from_record(cls, record: EngineRecord) -> EngineConfig:
         """The settings an engine of the manifest was built with (to rebuild it elsewhere)."""
-        profile = entry.get("profile") or {}
-
-        def side(key: str) -> tuple[int, int] | None:
-            value = profile.get(key)
-            return (int(value[0]), int(value[1])) if value else None
-
         return cls(
-            workspace_mb=entry.get("workspace_mb"),
-            opt_level=int(entry.get("opt_level", DEFAULT_OPT_LEVEL)),
-            dla_core=entry.get("dla_core"),
-            min_shape=side("min"),
-            opt_shape=side("opt"),
-            max_shape=side("max"),
-            deform_conv=str(entry.get("deform_conv") or "native"),
+            workspace_mb=record.workspace_mb,
+            opt_level=record.opt_level,
+            dla_core=record.dla_core,
+            min_shape=record.profile.min,
+            opt_shape=record.profile.opt,
+            max_shape=record.profile.max,
+            deform_conv=record.deform_conv or "native",
         )
 
 
@@ -183,32 +179,12 @@ def coerce_config(engine: EngineConfig | Mapping[str, Any] | None) -> EngineConf
     )
 
 
-@dataclass(frozen=True)
-class ProfileShapes:
-    """The (height, width) range of the optimisation profile of the ``image`` input."""
-
-    min: tuple[int, int]
-    opt: tuple[int, int]
-    max: tuple[int, int]
-
-    @property
-    def static(self) -> bool:
-        return self.min == self.opt == self.max
-
-    def tensor_shapes(
-        self, channels: int
-    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(min, opt, max) shapes of the (1, H, W, C) uint8 image tensor."""
-        low, opt, high = ((1, h, w, channels) for h, w in (self.min, self.opt, self.max))
-        return low, opt, high
-
-    def to_json(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    def describe(self) -> str:
-        if self.static:
-            return f"{self.opt[0]}x{self.opt[1]}"
-        return " / ".join(f"{h}x{w}" for h, w in (self.min, self.opt, self.max)) + " (min/opt/max)"
+def image_shapes(
+    profile: ProfileRecord, channels: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) shapes of the (1, H, W, C) uint8 ``image`` tensor of a profile."""
+    low, opt, high = ((1, h, w, channels) for h, w in (profile.min, profile.opt, profile.max))
+    return low, opt, high
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -216,7 +192,7 @@ def round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
 
-def profile_shapes(spec: InputSpec, config: EngineConfig | None = None) -> ProfileShapes:
+def profile_shapes(spec: InputSpec, config: EngineConfig | None = None) -> ProfileRecord:
     """The optimisation profile of a bundle's ``image`` input.
 
     A static graph: min = opt = max = its size. A dynamic graph by default:
@@ -239,7 +215,7 @@ def profile_shapes(spec: InputSpec, config: EngineConfig | None = None) -> Profi
                     f"{label} shape {value[0]}x{value[1]}: the bundle's graph is static "
                     f"({h}x{w}); build the bundle with --dynamic to run other sizes"
                 )
-        return ProfileShapes(spec.size, spec.size, spec.size)
+        return ProfileRecord(spec.size, spec.size, spec.size)
     step = max(1, spec.multiple_of)
     for label, value in given.items():
         if value is not None and (value[0] % step or value[1] % step):
@@ -255,13 +231,13 @@ def profile_shapes(spec: InputSpec, config: EngineConfig | None = None) -> Profi
             f"the profile must keep min <= opt <= max on each side, got min {low[0]}x{low[1]}, "
             f"opt {opt[0]}x{opt[1]}, max {high[0]}x{high[1]}"
         )
-    return ProfileShapes(low, opt, high)
+    return ProfileRecord(low, opt, high)
 
 
 def dla_mode(
     trt_version: str,
     precision: str,
-    profile: ProfileShapes,
+    profile: ProfileRecord,
     dla_core: int,
     dla_cores: int | None = None,
 ) -> str:
@@ -353,28 +329,31 @@ def resolve_target(target: str) -> tuple[str, str]:
 # -- graphs ---------------------------------------------------------------------------------------
 
 
-def graph_op_types(path: Path) -> set[str]:
-    """The operator types of an ONNX file's main graph.
+def graph_op_types(bundle: Bundle, graph: str) -> set[str]:
+    """The operator types of one of the bundle's graphs.
 
-    With onnx installed the graph is read properly; without it (a robot with
-    TensorRT only) the file's bytes are searched for the two deformable-conv
-    op names edgeseg cares about, which protobuf stores as plain text.
+    Read from the manifest's ``op_types``, which builds record (schema 2); a
+    bundle written before that is read with onnx.
+
+    Raises:
+        MissingDependencyError: an older bundle and no onnx to read its graph with.
     """
+    recorded = bundle.manifest.op_types.get(graph)
+    if recorded is not None:
+        return set(recorded)
     try:
         import onnx
-    except ImportError:
-        data = path.read_bytes()
-        found = set()
-        if PLUGIN_OP.encode() in data:
-            found.add(PLUGIN_OP)
-        if data.count(NATIVE_DEFORM_OP.encode()) > data.count(PLUGIN_OP.encode()):
-            found.add(NATIVE_DEFORM_OP)
-        return found
-    model = onnx.load(str(path), load_external_data=False)
-    types = {node.op_type for node in model.graph.node}
-    for function in model.functions:
-        types.update(node.op_type for node in function.node)
-    return types
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{bundle.path} was built before bundles recorded their operator types, and reading "
+            f"{graph} needs onnx: pip install onnx (or rebuild the bundle with this edgeseg)"
+        ) from err
+    return op_types_of(onnx.load(str(bundle.file(graph)), load_external_data=False))
+
+
+def op_types_of(model: Any) -> set[str]:
+    """The operator types of an ONNX ``ModelProto``'s graph and its local functions."""
+    return {n.op_type for n in (*model.graph.node, *(n for f in model.functions for n in f.node))}
 
 
 def _deform_graph(source: Path, folder: Path, mode: str) -> Path:
@@ -383,7 +362,7 @@ def _deform_graph(source: Path, folder: Path, mode: str) -> Path:
     try:
         import onnx
 
-        apply = importlib.import_module("converters.passes.deform").apply_deform_conv_mode
+        from converters.passes.deform import apply_deform_conv_mode as apply
     except ImportError as err:
         raise MissingDependencyError(
             f"rewriting deformable convolutions ({mode}) needs onnx: pip install onnx"
@@ -448,7 +427,7 @@ def _save_timing_cache(builder_config: trt.IBuilderConfig, path: Path) -> None:
 def engine_from_onnx(
     onnx_path: str | os.PathLike[str],
     *,
-    profile: ProfileShapes,
+    profile: ProfileRecord,
     channels: int,
     config: EngineConfig | None = None,
     device: DeviceInfo | None = None,
@@ -480,7 +459,7 @@ def engine_from_onnx(
         ConfigError: a DLA core the device lacks.
     """
     config = config or EngineConfig()
-    say = say or (lambda message: log.info("%s", message))
+    say = say_or_log(say)
     path = Path(onnx_path)
     require_tensorrt()
     import tensorrt as trt
@@ -512,7 +491,7 @@ def engine_from_onnx(
             + " | ".join(errors[:5] or ["(no detail)"])
         )
     builder_config = builder.create_builder_config()
-    low, opt, high = profile.tensor_shapes(channels)
+    low, opt, high = image_shapes(profile, channels)
     dynamic = False
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -596,7 +575,7 @@ def _configure_dla(
     mode: str,
     precision: str,
     channels: int,
-    profile: ProfileShapes,
+    profile: ProfileRecord,
     calibration_cache: Path | None,
 ) -> Any:
     """DLA by default with GPU fallback; on the legacy path also the precision flags.
@@ -704,7 +683,19 @@ def add_engine(
         MissingDependencyError: TensorRT (or, to rewrite DeformConv, onnx) is not installed.
         BackendError: no GPU; TensorRT cannot parse or build the graph.
     """
-    say = progress or (lambda message: log.info("%s", message))
+    return _add_engine(bundle, precision, config, device=device, progress=progress)[0]
+
+
+def _add_engine(
+    bundle: str | os.PathLike[str] | Bundle,
+    precision: str | None,
+    config: EngineConfig | Mapping[str, Any] | None,
+    *,
+    device: DeviceInfo | None,
+    progress: Say | None,
+) -> tuple[Bundle, EngineRecord]:
+    """The work of :func:`add_engine`; also returns the new engine's record."""
+    say = say_or_log(progress)
     config = coerce_config(config)
     loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     manifest = loaded.manifest
@@ -729,14 +720,15 @@ def add_engine(
                         f"{trt_short_version(info.trt_version)}`"
                     )
                 calibration = loaded.file(CALIBRATION_CACHE)
-    quant = manifest.precisions.get(precision, {}).get("quantization") or {}
-    if precision == "int8" and quant.get("placement") == "cpu" and mode == STRONGLY_TYPED:
+    record = manifest.precisions.get(precision)
+    quant = record.quantization if record is not None else None
+    if quant is not None and quant.placement == "cpu" and mode == STRONGLY_TYPED:
         log.warning(
             "%s's INT8 graph has ONNX Runtime's Q/DQ placement; TensorRT builds it, but "
             "`edgeseg calibrate --placement tensorrt` gives TensorRT's own (usually faster)",
             loaded.path,
         )
-    ops = graph_op_types(graph)
+    ops = graph_op_types(loaded, graph.name)
     plugins: list[Path] = []
     deform: str | None = None
     with tempfile.TemporaryDirectory(prefix="edgeseg-engine-") as tmp:
@@ -766,26 +758,26 @@ def add_engine(
         )
         name = engine_file_name(info, precision, config.dla_core)
         inspector = inspector_file_name(name)
-        entry: dict[str, Any] = {
-            "file": name,
-            "inspector": inspector,
-            "gpu": info.gpu,
-            "gpu_name": info.name,
-            "sm": info.sm,
-            "trt_version": built.trt_version,
-            "precision": precision,
-            "graph": graph.name,
-            "graph_sha256": manifest.files[graph.name]["sha256"],
-            "mode": mode,
-            "profile": {"input": "image", **profile.to_json()},
-            "dla_core": config.dla_core,
-            "deform_conv": deform,
-            "plugins": [PLUGIN_LIBRARY] if plugins else [],
-            "workspace_mb": config.workspace_mb,
-            "opt_level": config.opt_level,
-            "build_seconds": round(built.seconds, 2),
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        entry = EngineRecord(
+            file=name,
+            inspector=inspector,
+            gpu=info.gpu,
+            gpu_name=info.name,
+            sm=info.sm,
+            trt_version=built.trt_version,
+            precision=precision,
+            graph=graph.name,
+            graph_sha256=manifest.files[graph.name].sha256,
+            mode=mode,
+            profile=profile,
+            dla_core=config.dla_core,
+            deform_conv=deform,
+            plugins=(PLUGIN_LIBRARY,) if plugins else (),
+            workspace_mb=config.workspace_mb,
+            opt_level=config.opt_level,
+            build_seconds=round(built.seconds, 2),
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
         files: dict[str, bytes | Path] = {
             n: loaded.path / n for n in manifest.files if n not in (name, inspector)
         }
@@ -793,13 +785,29 @@ def add_engine(
         files[inspector] = built.layers.encode("utf-8")
         if plugins:
             files[PLUGIN_LIBRARY] = plugins[0]
-        engines = [e for e in manifest.engines if e.get("file") != name] + [entry]
-        updated = Manifest(**{**manifest.__dict__, "engines": engines})
+        engines = (*(e for e in manifest.engines if e.file != name), entry)
         say(
             f"writing {name} ({len(built.plan) / 1e6:.1f} MB, built in {built.seconds:.0f} s) "
             f"into {loaded.path}"
         )
-        return write_bundle(loaded.path, updated, files, overwrite=True)
+        updated = write_bundle(
+            loaded.path, replace(manifest, engines=engines), files, overwrite=True
+        )
+        return updated, entry
+
+
+def rebuild_engine(bundle: Bundle, choice: EngineChoice) -> tuple[Bundle, EngineRecord]:
+    """edgeseg's :class:`~edgeseg.engines.EngineBuilder`: builds the engine a choice asks for.
+
+    The settings (profile, optimisation level, workspace, DeformConv mode) are
+    those of the engine the choice replaces, when there is one.
+    """
+    config = (
+        EngineConfig.from_record(choice.record)
+        if choice.record is not None
+        else EngineConfig(dla_core=choice.dla_core)
+    )
+    return _add_engine(bundle, choice.precision, config, device=choice.device, progress=None)
 
 
 def add_plugin_library(
@@ -841,7 +849,7 @@ def engine_for_build(
         EdgesegError: from :func:`add_engine`; the message adds that the ONNX bundle
             was written and how to add the engine later.
     """
-    say = say or (lambda message: log.info("%s", message))
+    say = say_or_log(say)
     resolved, why = resolve_target(target)
     config = coerce_config(engine)
     if resolved == "cpu":
@@ -867,7 +875,7 @@ __all__ = [
     "TARGETS",
     "BuiltEngine",
     "EngineConfig",
-    "ProfileShapes",
+    "ProfileRecord",
     "add_engine",
     "add_plugin_library",
     "cache_dir",

@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeseg import engines
 from edgeseg.errors import BackendError, ConfigError, EdgesegError
-from edgeseg.runtime.backends import tensorrt as trt_backend
+from edgeseg.runtime.backends import tensorrt_lib
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class _Facts:
 
     bundle: Path | None = None
     plugin: Path | None = None
-    device: trt_backend.DeviceInfo | None = None
+    device: engines.DeviceInfo | None = None
     driver_cuda: int | None = None
     trt: Any = None
     jetson: str | None = None
@@ -157,7 +158,7 @@ def probe_gpu(facts: _Facts) -> Check:
         "on the CPU with onnxruntime"
     )
     try:
-        driver = trt_backend.cuda_driver()
+        driver = engines.cuda_driver()
         facts.driver_cuda = driver.driver_version()
         count = driver.device_count()
     except BackendError as err:
@@ -173,7 +174,7 @@ def probe_gpu(facts: _Facts) -> Check:
         )
     if count == 0:
         return Check("gpu", MISSING, "the NVIDIA driver sees no GPU", hint, required=True)
-    facts.device = trt_backend.probe_device(0, with_tensorrt=False)
+    facts.device = engines.probe_device(0, with_tensorrt=False)
     dev = facts.device
     memory = f", {dev.total_memory / 2**30:.1f} GiB" if dev.total_memory else ""
     return Check(
@@ -281,7 +282,7 @@ def probe_cuda(facts: _Facts) -> Check:
 
 
 def probe_tensorrt(facts: _Facts) -> Check:
-    hint = f"TensorRT's Python package: {trt_backend.TRT_HINT}"
+    hint = f"TensorRT's Python package: {engines.TRT_HINT}"
     if importlib.util.find_spec("tensorrt") is None:
         return Check(
             "tensorrt", MISSING, "the tensorrt Python package is not installed", hint, required=True
@@ -293,7 +294,7 @@ def probe_tensorrt(facts: _Facts) -> Check:
     version = str(getattr(facts.trt, "__version__", "?"))
     data = {"version": version}
     try:
-        too_old = trt_backend.parse_version(version)[:2] < trt_backend.MIN_TRT_VERSION
+        too_old = engines.parse_version(version)[:2] < engines.MIN_TRT_VERSION
     except ConfigError:
         too_old = True
     if too_old:
@@ -311,7 +312,7 @@ def probe_tensorrt(facts: _Facts) -> Check:
 def probe_pycuda(facts: _Facts) -> Check:
     if importlib.util.find_spec("pycuda") is None:
         return Check(
-            "pycuda", MISSING, "pycuda is not installed", trt_backend.PYCUDA_HINT, required=True
+            "pycuda", MISSING, "pycuda is not installed", engines.PYCUDA_HINT, required=True
         )
     try:
         pycuda = importlib.import_module("pycuda")
@@ -341,7 +342,7 @@ def probe_cuda_python(facts: _Facts) -> Check:
         "cuda-python",
         MISSING,
         "not installed: CUDA graphs (cuda_graph=True) are unavailable",
-        trt_backend.CUDA_PYTHON_HINT + "; optional",
+        engines.CUDA_PYTHON_HINT + "; optional",
     )
 
 
@@ -356,7 +357,7 @@ def probe_onnxruntime(facts: _Facts) -> Check:
     import onnxruntime
 
     version = str(onnxruntime.__version__)
-    if trt_backend.parse_version(version)[:2] < MIN_ONNXRUNTIME:
+    if engines.parse_version(version)[:2] < MIN_ONNXRUNTIME:
         return Check(
             "onnxruntime",
             ERROR,
@@ -407,8 +408,8 @@ def _plugin_candidates(facts: _Facts) -> list[Path]:
     found = []
     if facts.plugin is not None:
         found.append(facts.plugin)
-    if facts.bundle is not None and (facts.bundle / trt_backend.PLUGIN_LIBRARY).is_file():
-        found.append(facts.bundle / trt_backend.PLUGIN_LIBRARY)
+    if facts.bundle is not None and (facts.bundle / engines.PLUGIN_LIBRARY).is_file():
+        found.append(facts.bundle / engines.PLUGIN_LIBRARY)
     return found
 
 
@@ -422,7 +423,7 @@ def probe_plugin_library(facts: _Facts) -> Check:
         return Check(
             "plugin library",
             MISSING,
-            f"no {trt_backend.PLUGIN_LIBRARY} given (--plugin PATH or --bundle BUNDLE)",
+            f"no {engines.PLUGIN_LIBRARY} given (--plugin PATH or --bundle BUNDLE)",
             hint + "; optional",
         )
     path = candidates[0]
@@ -436,8 +437,8 @@ def probe_plugin_library(facts: _Facts) -> Check:
             data={"path": str(path)},
         )
     try:
-        logger = trt_backend.make_logger()
-        trt_backend.load_plugin_libraries(logger, [path])
+        logger = tensorrt_lib.make_logger()
+        tensorrt_lib.load_plugin_libraries(logger, [path])
     except BackendError as err:
         return Check(
             "plugin library",
@@ -449,22 +450,45 @@ def probe_plugin_library(facts: _Facts) -> Check:
     return Check(
         "plugin library",
         OK,
-        f"{path}: {trt_backend.PLUGIN_OP} registered",
+        f"{path}: {engines.PLUGIN_OP} registered",
         data={"path": str(path)},
     )
 
 
+# Where TensorRT's headers live when installed from packages: JetPack and the
+# Debian/Ubuntu libnvinfer-dev packages, then tarball installs.
+TENSORRT_INCLUDE_DIRS: tuple[str, ...] = (
+    "/usr/include/aarch64-linux-gnu",
+    "/usr/include/x86_64-linux-gnu",
+    "/usr/include",
+    "/usr/local/TensorRT/include",
+    "/opt/tensorrt/include",
+)
+
+
+def find_tensorrt_include(tensorrt_root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder holding TensorRT's ``NvInfer.h``, or None.
+
+    Looks in ``$TENSORRT_INCLUDE_DIR``, ``<tensorrt_root>/include`` (argument,
+    then ``$TENSORRT_ROOT``) and the system folders of
+    :data:`TENSORRT_INCLUDE_DIRS`, in that order.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("TENSORRT_INCLUDE_DIR"):
+        candidates.append(Path(os.environ["TENSORRT_INCLUDE_DIR"]))
+    for root in (tensorrt_root, os.environ.get("TENSORRT_ROOT")):
+        if root:
+            candidates += [Path(root) / "include", Path(root)]
+    candidates += [Path(p) for p in TENSORRT_INCLUDE_DIRS]
+    for folder in candidates:
+        if (folder / "NvInfer.h").is_file():
+            return folder
+    return None
+
+
 def probe_plugin_toolchain(facts: _Facts) -> Check:
     nvcc, cmake = shutil.which("nvcc"), shutil.which("cmake")
-    include: Path | None = None
-    try:
-        plugins = importlib.import_module("converters.plugins")
-        found = plugins.find_tensorrt_include()
-        include = Path(found) if found else None
-    except ImportError as err:
-        log.debug("converters.plugins: %s", err)
-    except Exception as err:  # noqa: BLE001 - a probe reports, it does not stop the doctor
-        log.debug("find_tensorrt_include failed: %s", err)
+    include = find_tensorrt_include()
     missing = [
         what
         for what, ok in (("nvcc", nvcc), ("cmake", cmake), ("TensorRT headers", include))
@@ -493,29 +517,29 @@ def probe_bundle(facts: _Facts) -> Check:
             "bundle", ERROR, str(err), "give the NAME.edgeseg folder `edgeseg build` wrote"
         )
     manifest = loaded.manifest
-    engines = len(manifest.engines)
+    count = len(manifest.engines)
     if facts.device is None:
         return Check(
-            "bundle", OK, f"{loaded.path}: {engines} engine(s); no GPU here, runs on onnxruntime"
+            "bundle", OK, f"{loaded.path}: {count} engine(s); no GPU here, runs on onnxruntime"
         )
     device = facts.device
     if facts.trt is not None:
-        device = trt_backend.DeviceInfo(
+        device = engines.DeviceInfo(
             device.name,
             device.compute_capability,
             str(getattr(facts.trt, "__version__", "")) or None,
         )
     try:
-        choice = trt_backend.choose_engine(
+        choice = engines.choose_engine(
             manifest, device, manifest.precision, where=str(loaded.path)
         )
     except BackendError as err:  # EngineMismatchError: no usable engine and no TensorRT
-        return Check("bundle", MISSING, str(err), f"TensorRT: {trt_backend.TRT_HINT}")
+        return Check("bundle", MISSING, str(err), f"TensorRT: {engines.TRT_HINT}")
     return Check(
         "bundle",
         OK,
         f"{choice.action}: {choice.reason}",
-        data={"action": choice.action, "engines": engines},
+        data={"action": choice.action, "engines": count},
     )
 
 

@@ -27,6 +27,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeseg.doctor import TENSORRT_INCLUDE_DIRS, find_tensorrt_include
+from edgeseg.engines import PLUGIN_LIBRARY as LIBRARY_NAME
+from edgeseg.engines import PLUGIN_OP
 from edgeseg.errors import ConfigError, ExportError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -47,15 +50,14 @@ __all__ = [
     "plugin_compile_check",
 ]
 
-PLUGIN_OP = "EdgesegDeformConv"
-"""Plugin name, and the op_type of the ONNX nodes that TensorRT's parser maps onto it."""
+# PLUGIN_OP (the plugin's name, and the op_type of the ONNX nodes TensorRT's parser maps onto it)
+# and LIBRARY_NAME come from edgeseg.engines, which the runtime reads them from.
 PLUGIN_DOMAIN = "edgeseg"
 """ONNX domain of those nodes."""
 PLUGIN_NAMESPACE = "edgeseg"
 """TensorRT plugin namespace (the nodes' ``plugin_namespace`` attribute)."""
 PLUGIN_VERSION = "1"
 """TensorRT plugin version (the nodes' ``plugin_version`` attribute)."""
-LIBRARY_NAME = "libedgeseg_plugins.so"
 
 SOURCE_DIR = Path(__file__).resolve().parent
 """Folder with ``CMakeLists.txt`` and ``src/``."""
@@ -63,15 +65,6 @@ SRC_DIR = SOURCE_DIR / "src"
 CUDA_SOURCES: tuple[str, ...] = ("dcn_kernels.cu",)
 """The .cu files under ``src/`` (:func:`nvcc_compile_check` compiles every .cu it finds)."""
 
-# Where TensorRT's headers live when installed from packages: JetPack and the
-# Debian/Ubuntu libnvinfer-dev packages, then tarball installs.
-TENSORRT_INCLUDE_DIRS: tuple[str, ...] = (
-    "/usr/include/aarch64-linux-gnu",
-    "/usr/include/x86_64-linux-gnu",
-    "/usr/include",
-    "/usr/local/TensorRT/include",
-    "/opt/tensorrt/include",
-)
 DEFAULT_CHECK_ARCHS: tuple[str, ...] = ("87", "90")
 """Architectures :func:`nvcc_compile_check` compiles for: Jetson Orin and Hopper."""
 
@@ -81,26 +74,6 @@ _ARCHS_PATTERN = re.compile(
 _LOG_TAIL_LINES = 40
 
 Progress = Callable[[str], None]
-
-
-def find_tensorrt_include(tensorrt_root: str | os.PathLike[str] | None = None) -> Path | None:
-    """The folder holding TensorRT's ``NvInfer.h``, or None.
-
-    Looks in ``$TENSORRT_INCLUDE_DIR``, ``<tensorrt_root>/include`` (argument,
-    then ``$TENSORRT_ROOT``) and the system folders of
-    :data:`TENSORRT_INCLUDE_DIRS`, in that order.
-    """
-    candidates: list[Path] = []
-    if os.environ.get("TENSORRT_INCLUDE_DIR"):
-        candidates.append(Path(os.environ["TENSORRT_INCLUDE_DIR"]))
-    for root in (tensorrt_root, os.environ.get("TENSORRT_ROOT")):
-        if root:
-            candidates += [Path(root) / "include", Path(root)]
-    candidates += [Path(p) for p in TENSORRT_INCLUDE_DIRS]
-    for folder in candidates:
-        if (folder / "NvInfer.h").is_file():
-            return folder
-    return None
 
 
 def find_nvcc() -> Path | None:

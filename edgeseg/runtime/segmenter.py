@@ -13,16 +13,12 @@ import numpy as np
 
 from edgeseg.bundle import Bundle, Manifest
 from edgeseg.errors import BackendError, BundleError, ConfigError
-from edgeseg.runtime.backends import (
-    Backend,
-    create_backend,
-    create_bundle_backend,
-    resolve_backend,
-)
+from edgeseg.runtime.backends import Backend, choose_backend, create_backend, open_backend
 from edgeseg.runtime.image import NearestResizer, model_size, prepare
 from edgeseg.runtime.profiling import Profiler, ProfileSummary
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgeseg.engines import EngineBuilder
     from edgeseg.runtime.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -46,6 +42,17 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _engine_builder(given: EngineBuilder | None | str) -> EngineBuilder | None:
+    """The builder ``Segmenter(engine_builder=...)`` names; ``"default"`` is resolved lazily."""
+    if given == "default":
+        from edgeseg._lazy import default_engine_builder
+
+        return default_engine_builder
+    if given is not None and not callable(given):
+        raise ConfigError(f"engine_builder must be 'default', None or a callable, got {given!r}")
+    return given
+
+
 class Segmenter:
     """Runs a bundle on frames.
 
@@ -61,6 +68,12 @@ class Segmenter:
         crf: run the bundle's dense-CRF stage (default: on when it has one).
             A ``separate`` CRF can be switched off; a ``fused`` one cannot.
         profile_window: how many recent frames ``profile()`` summarises.
+        engine_builder: builds a TensorRT engine the bundle lacks for this GPU (or has
+            only for another GPU or TensorRT) and writes it into the bundle:
+            ``"default"`` is edgeseg's builder (:func:`converters.tensorrt.rebuild_engine`,
+            same settings as the engine it replaces), None never builds (a missing
+            engine is then an ``EngineMismatchError``), or any
+            :class:`edgeseg.engines.EngineBuilder`.
         **backend_options: passed to the backend (e.g. ``threads=2`` for onnxruntime,
             ``cuda_graph=True`` for tensorrt).
 
@@ -80,6 +93,7 @@ class Segmenter:
         verify: bool = True,
         crf: bool | None = None,
         profile_window: int = 1000,
+        engine_builder: EngineBuilder | None | str = "default",
         **backend_options: Any,
     ) -> None:
         self.bundle = Bundle.load(path, verify=verify)
@@ -92,35 +106,37 @@ class Segmenter:
             raise ConfigError(
                 f"bundle {self.bundle.path} has no CRF stage; build it with crf='separate' or 'fused'"
             )
-        if crf is False and info is not None and info.get("mode") == "fused":
+        if crf is False and info is not None and info.mode == "fused":
             raise ConfigError(
                 f"the CRF is fused into {self.bundle.path}'s graph; build with crf='separate' "
                 "to switch it at run time"
             )
         self.crf = info is not None if crf is None else bool(crf)
-        self.backend_name = resolve_backend(
-            backend, bundle=self.bundle, precision=self.precision, options=backend_options
-        )
+        # the backend and (TensorRT) the engine are chosen here, once
+        choice = choose_backend(backend, self.bundle, self.precision, backend_options)
+        self.backend_name = choice.name
         self._crf_backend: Backend | None = None
+        self._backend: Backend | None = None
         try:
-            self._backend: Backend | None = create_bundle_backend(
-                self.backend_name, self.bundle, self.precision, **backend_options
+            self._backend, self.bundle = open_backend(
+                choice, self.bundle, self.precision,
+                engine_builder=_engine_builder(engine_builder), **backend_options,
             )
         except BackendError as err:
-            if backend != "auto" or self.backend_name == "onnxruntime":
+            if backend != "auto" or choice.name == "onnxruntime":
                 raise
-            log.warning("the %s backend failed (%s); running on onnxruntime", self.backend_name, err)
+            log.warning("the %s backend failed (%s); running on onnxruntime", choice.name, err)
             self.backend_name = "onnxruntime"
-            self._backend = create_bundle_backend(self.backend_name, self.bundle, self.precision)
+            self._backend = create_backend("onnxruntime", self.bundle.graph(self.precision))
         if "image" not in self._backend.input_names:
+            names = self._backend.input_names
             self.close()
-            raise BundleError(f"{graph} has no input named 'image' (inputs: {self._backend.input_names})")
-        if self.crf and info is not None and info.get("mode") == "separate":
+            raise BundleError(f"{graph} has no input named 'image' (inputs: {names})")
+        if self.crf and info is not None and info.mode == "separate" and info.graph is not None:
             # engines are built for the model's graph: a separate CRF stays on ONNX Runtime
-            crf_backend = "onnxruntime" if self.backend_name == "tensorrt" else self.backend_name
+            same = self.backend_name == "onnxruntime"
             self._crf_backend = create_backend(
-                crf_backend, self.bundle.file(str(info["graph"])),
-                **(backend_options if crf_backend == self.backend_name else {}),
+                "onnxruntime", self.bundle.file(info.graph), **(backend_options if same else {})
             )
         self._resize_mask = NearestResizer()
         self.profiler = Profiler(window=profile_window)
@@ -289,6 +305,6 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (
-            f"Segmenter({str(self.bundle.path)!r}, model={self.manifest.model.get('name')!r}, "
+            f"Segmenter({str(self.bundle.path)!r}, model={self.manifest.model.name!r}, "
             f"precision={self.precision!r}, backend={self.backend_name!r})"
         )

@@ -25,8 +25,8 @@ from converters.samples import synthetic_images
 from edgeseg.bundle import Bundle
 from edgeseg.cli import cli
 from edgeseg.errors import ConfigError, ParityError
-from tests.conftest import tiny_module
 from tests.calibration.test_quantize import DeepNet
+from tests.conftest import tiny_module
 
 SIZE = (32, 48)
 

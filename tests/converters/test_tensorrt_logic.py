@@ -30,32 +30,26 @@ import pytest
 import edgeseg
 from converters.tensorrt import (
     EngineConfig,
-    ProfileShapes,
     add_engine,
     dla_mode,
     engine_for_build,
     graph_op_types,
+    image_shapes,
     profile_shapes,
     resolve_target,
     timing_cache_path,
 )
 from edgeseg.bundle import Bundle, InputSpec, Manifest, write_bundle
+from edgeseg.engines import DeviceInfo, choose_engine, tensorrt_version
 from edgeseg.errors import (
     BackendError,
     BundleError,
     ConfigError,
     MissingDependencyError,
 )
-from edgeseg.runtime.backends import resolve_backend
+from edgeseg.manifest import EngineRecord, encode
+from edgeseg.manifest import ProfileRecord as ProfileShapes
 from edgeseg.runtime.backends import tensorrt as trt_backend
-from edgeseg.runtime.backends.tensorrt import (
-    DeviceInfo,
-    EngineMismatchError,
-    choose_engine,
-    engine_file_name,
-    inspector_file_name,
-    sanitize_gpu_name,
-)
 
 ORIN = DeviceInfo("Orin (nvgpu)", (8, 7), "10.3.0.30")
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0.35")
@@ -88,12 +82,14 @@ def test_dynamic_profile_defaults_and_overrides() -> None:
     # a given opt outside the default range widens the defaulted bound, not the given one
     wide = profile_shapes(spec, EngineConfig(opt_shape=(256, 320)))
     assert wide.opt == (256, 320) and wide.max == (256, 320) and wide.min == (32, 48)
-    assert profile_shapes(spec).tensor_shapes(3) == (
+    assert image_shapes(profile_shapes(spec), 3) == (
         (1, 32, 48, 3),
         (1, 64, 96, 3),
         (1, 128, 192, 3),
     )
-    assert profile_shapes(spec).to_json() == {"min": [32, 48], "opt": [64, 96], "max": [128, 192]}
+    assert encode(profile_shapes(spec)) == {
+        "min": [32, 48], "opt": [64, 96], "max": [128, 192], "input": "image"
+    }
 
 
 @pytest.mark.parametrize(
@@ -125,60 +121,22 @@ def test_engine_config_rejects_bad_values(fields: dict[str, Any], message: str) 
         EngineConfig(**fields)
 
 
-def test_engine_config_from_mapping_and_entry() -> None:
+def test_engine_config_from_mapping_and_record() -> None:
     with pytest.raises(
         ConfigError, match=r"unknown engine options \['workspace'\]; valid: workspace_mb"
     ):
         EngineConfig.from_mapping({"workspace": 64})
     config = EngineConfig.from_mapping({"workspace_mb": 512, "min_shape": [32, 32]})
     assert config.min_shape == (32, 32) and config.workspace_mb == 512
-    entry = {
-        "profile": {"min": [32, 48], "opt": [64, 96], "max": [128, 192]},
-        "workspace_mb": 256,
-        "opt_level": 4,
-        "dla_core": None,
-        "deform_conv": "plugin",
-    }
-    again = EngineConfig.from_entry(entry)
+    record = EngineRecord(
+        file="engine-orin-sm87-trt10.3.0-fp32.plan", gpu="orin", sm="sm87",
+        trt_version="10.3.0.30", precision="fp32", graph="model.onnx", graph_sha256="aa" * 32,
+        profile=ProfileShapes((32, 48), (64, 96), (128, 192)),
+        workspace_mb=256, opt_level=4, dla_core=None, deform_conv="plugin",
+    )
+    again = EngineConfig.from_record(record)
     assert (again.min_shape, again.opt_shape, again.max_shape) == ((32, 48), (64, 96), (128, 192))
     assert again.workspace_mb == 256 and again.opt_level == 4 and again.deform_conv == "plugin"
-
-
-# -- names ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "token"),
-    [
-        ("Orin (nvgpu)", "orin"),
-        ("Orin", "orin"),
-        ("NVIDIA H100 80GB HBM3", "h100-80gb-hbm3"),
-        ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
-        ("NVIDIA Thor", "thor"),
-        ("Tesla T4", "tesla-t4"),
-        ("NVIDIA RTX 6000 Ada Generation", "rtx-6000-ada-generation"),
-        ("  ", "gpu"),
-    ],
-)
-def test_gpu_names_are_sanitized(name: str, token: str) -> None:
-    assert sanitize_gpu_name(name) == token
-
-
-def test_engine_file_names() -> None:
-    assert ORIN.sm == "sm87" and H100.sm == "sm90"
-    assert engine_file_name(ORIN, "fp16") == "engine-orin-sm87-trt10.3.0-fp16.plan"
-    assert engine_file_name(H100, "int8") == "engine-h100-80gb-hbm3-sm90-trt10.13.0-int8.plan"
-    assert engine_file_name(ORIN, "int8", dla_core=1) == "engine-orin-sm87-trt10.3.0-int8-dla1.plan"
-    assert (
-        inspector_file_name("engine-orin-sm87-trt10.3.0-fp16.plan")
-        == "engine-orin-sm87-trt10.3.0-fp16.json"
-    )
-    assert (
-        engine_file_name(DeviceInfo("B200", (10, 0), "11.4.1"), "fp16")
-        == "engine-b200-sm100-trt11.4.1-fp16.plan"
-    )
-    with pytest.raises(ConfigError, match="needs a TensorRT version; Orin has none"):
-        engine_file_name(DeviceInfo("Orin", (8, 7)), "fp16")
 
 
 def test_timing_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -193,119 +151,6 @@ def test_timing_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert timing_cache_path(ORIN, tmp_path / "x").parent == tmp_path / "x"
     with pytest.raises(ConfigError, match="timing cache needs a TensorRT version"):
         timing_cache_path(DeviceInfo("Orin", (8, 7)))
-
-
-# -- choose_engine --------------------------------------------------------------------------------
-
-
-def _manifest(*engines: dict[str, Any], graph_sha: str = "aa" * 32) -> Manifest:
-    files: dict[str, dict[str, Any]] = {
-        "model.onnx": {"sha256": "ff" * 32, "bytes": 1},
-        "model.fp16.onnx": {"sha256": graph_sha, "bytes": 1},
-    }
-    for e in engines:
-        files[e["file"]] = {"sha256": "00" * 32, "bytes": 1}
-    return Manifest(
-        model={"name": "toy"},
-        classes=("a", "b"),
-        palette=((0, 0, 0), (9, 9, 9)),
-        input=InputSpec(size=(64, 96)),
-        precision="fp16",
-        opset=19,
-        outputs=("mask",),
-        graphs={"fp32": "model.onnx", "fp16": "model.fp16.onnx"},
-        files=files,
-        engines=list(engines),
-    )
-
-
-def _entry(
-    device: DeviceInfo,
-    precision: str = "fp16",
-    dla_core: int | None = None,
-    graph_sha: str = "aa" * 32,
-) -> dict[str, Any]:
-    return {
-        "file": engine_file_name(device, precision, dla_core),
-        "gpu": device.gpu,
-        "sm": device.sm,
-        "trt_version": device.trt_version,
-        "precision": precision,
-        "graph": "model.fp16.onnx",
-        "graph_sha256": graph_sha,
-        "dla_core": dla_core,
-    }
-
-
-def test_matching_engine_is_used() -> None:
-    manifest = _manifest(_entry(H100), _entry(ORIN))
-    choice = choose_engine(manifest, ORIN, "fp16")
-    assert choice.action == "use" and choice.entry is not None
-    assert choice.entry["file"] == "engine-orin-sm87-trt10.3.0-fp16.plan"
-    assert "built for this orin sm87 with TensorRT 10.3.0.30" in choice.reason
-
-
-@pytest.mark.parametrize(
-    ("device", "named"),
-    [
-        (
-            DeviceInfo("NVIDIA Thor", (11, 0), "10.3.0.30"),
-            ["GPU orin (this one is thor)", "sm87 (this one is sm110)"],
-        ),
-        (
-            DeviceInfo("Orin", (8, 7), "10.13.0.35"),
-            ["TensorRT 10.3.0.30 (this one has 10.13.0.35)"],
-        ),
-        (DeviceInfo("Orin", (8, 7), "10.3.0.26"), ["TensorRT 10.3.0.30 (this one has 10.3.0.26)"]),
-    ],
-)
-def test_other_device_or_version_rebuilds_when_tensorrt_is_here(
-    device: DeviceInfo, named: list[str]
-) -> None:
-    choice = choose_engine(_manifest(_entry(ORIN)), device, "fp16", where="road.edgeseg")
-    assert choice.action == "build"
-    assert choice.entry is not None and choice.entry["gpu"] == "orin"  # the engine it replaces
-    assert (
-        "road.edgeseg's fp16 engine engine-orin-sm87-trt10.3.0-fp16.plan was built for orin sm87"
-        in choice.reason
-    )
-    for text in named:
-        assert text in choice.reason
-    assert f"building one from model.fp16.onnx with TensorRT {device.trt_version}" in choice.reason
-
-
-def test_without_tensorrt_a_mismatch_names_both_versions() -> None:
-    here = DeviceInfo("Orin", (8, 7), None)
-    with pytest.raises(
-        EngineMismatchError,
-        match=r"built for orin sm87 with TensorRT 10\.3\.0\.30, not "
-        r"for this orin sm87 with no TensorRT.*TensorRT is not installed here",
-    ):
-        choose_engine(_manifest(_entry(ORIN)), here, "fp16")
-    with pytest.raises(EngineMismatchError, match="has no fp16 engine; TensorRT is not installed"):
-        choose_engine(_manifest(), here, "fp16")
-    assert issubclass(EngineMismatchError, BackendError)
-
-
-def test_missing_or_stale_engine_is_built() -> None:
-    choice = choose_engine(_manifest(), ORIN, "fp16", where="road.edgeseg")
-    assert choice.action == "build" and choice.entry is None
-    assert choice.reason.startswith(
-        "road.edgeseg has no fp16 engine; building one from model.fp16.onnx"
-    )
-    stale = choose_engine(_manifest(_entry(ORIN, graph_sha="bb" * 32)), ORIN, "fp16")
-    assert (
-        stale.action == "build"
-        and "graph model.fp16.onnx as it was before it changed" in stale.reason
-    )
-    assert choose_engine(_manifest(_entry(ORIN, "int8")), ORIN, "fp16").action == "build"
-
-
-def test_dla_engines_are_chosen_only_for_their_core() -> None:
-    manifest = _manifest(_entry(ORIN, dla_core=0))
-    assert choose_engine(manifest, ORIN, "fp16").action == "build"  # GPU wanted: no GPU engine
-    assert choose_engine(manifest, ORIN, "fp16", dla_core=0).action == "use"
-    assert "for DLA core 1" in choose_engine(manifest, ORIN, "fp16", dla_core=1).reason
 
 
 # -- DLA rules ------------------------------------------------------------------------------------
@@ -365,57 +210,6 @@ def test_dla_refusals(
         dla_mode("10.3.0.30", precision, profile, core, dla_cores=cores)
 
 
-# -- manifest -------------------------------------------------------------------------------------
-
-
-def test_manifest_engines_round_trip_and_validation(tmp_path: Path) -> None:
-    entry = {**_entry(ORIN, "fp32"), "inspector": "engine-orin-sm87-trt10.3.0-fp32.json"}
-    base = Manifest(
-        model={"name": "toy"},
-        classes=("a",),
-        palette=((0, 0, 0),),
-        input=InputSpec(size=(8, 8)),
-        precision="fp32",
-        opset=19,
-        outputs=("mask",),
-        graphs={"fp32": "model.onnx"},
-    )
-    files = {"model.onnx": b"g", entry["file"]: b"plan", entry["inspector"]: b"{}"}
-    written = write_bundle(tmp_path / "e", Manifest(**{**base.__dict__, "engines": [entry]}), files)
-    loaded = Bundle.load(written.path)
-    assert loaded.manifest.engines == [entry]
-    assert (
-        json.loads((written.path / "manifest.json").read_text())["engines"][0]["file"]
-        == entry["file"]
-    )
-    with pytest.raises(
-        BundleError,
-        match=r"engine 'engine-orin-sm87-trt10.3.0-fp32.plan' is not listed under 'files'",
-    ):
-        write_bundle(
-            tmp_path / "f", Manifest(**{**base.__dict__, "engines": [entry]}), {"model.onnx": b"g"}
-        )
-    with pytest.raises(
-        BundleError,
-        match="its layer information 'engine-orin-sm87-trt10.3.0-fp32.json' is not listed",
-    ):
-        write_bundle(
-            tmp_path / "g",
-            Manifest(**{**base.__dict__, "engines": [entry]}),
-            {"model.onnx": b"g", entry["file"]: b"plan"},
-        )
-    with pytest.raises(BundleError, match="listed twice"):
-        write_bundle(
-            tmp_path / "h", Manifest(**{**base.__dict__, "engines": [entry, entry]}), files
-        )
-    bad = {**entry, "precision": "fp64"}
-    with pytest.raises(BundleError, match="precision 'fp64' is not one of"):
-        write_bundle(tmp_path / "i", Manifest(**{**base.__dict__, "engines": [bad]}), files)
-    old = json.loads((written.path / "manifest.json").read_text())
-    del old["engines"]  # bundles written before engines existed still load
-    assert Manifest.from_json(old).engines == []
-
-
 # -- graphs, targets, resolution ------------------------------------------------------------------
 
 
@@ -434,23 +228,30 @@ def _deform_graph(path: Path, op: str, domain: str = "") -> None:
     onnx.save(helper.make_model(graph, opset_imports=imports), str(path))
 
 
-def test_graph_op_types_with_and_without_onnx(
+def test_graph_op_types_recorded_or_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     native, plugin = tmp_path / "native.onnx", tmp_path / "plugin.onnx"
     _deform_graph(native, "DeformConv")
     _deform_graph(plugin, "EdgesegDeformConv", domain="edgeseg")
-    assert graph_op_types(native) == {"DeformConv"}
-    assert graph_op_types(plugin) == {"EdgesegDeformConv"}
-    monkeypatch.setitem(sys.modules, "onnx", None)  # a robot with TensorRT but no onnx: byte search
-    assert graph_op_types(native) == {"DeformConv"}
-    assert graph_op_types(plugin) == {"EdgesegDeformConv"}
-
-
-def test_plugin_names_match_the_plugin_package() -> None:
-    plugins = pytest.importorskip("converters.plugins")
-    assert trt_backend.PLUGIN_OP == plugins.PLUGIN_OP
-    assert trt_backend.PLUGIN_LIBRARY == plugins.LIBRARY_NAME
+    manifest = Manifest.create(
+        model={"name": "dcn", "source": "module"}, classes=("a",), palette=((0, 0, 0),),
+        input=InputSpec(size=(8, 8)), precision="fp32", opset=19,
+        graphs={"fp32": "model.onnx", "fp16": "model.fp16.onnx"},
+        op_types={"model.onnx": ["DeformConv"]},  # schema 2 records them; fp16's left out on purpose
+    )
+    files = {"model.onnx": native.read_bytes(), "model.fp16.onnx": plugin.read_bytes()}
+    bundle = write_bundle(tmp_path / "dcn", manifest, files)
+    assert graph_op_types(bundle, "model.onnx") == {"DeformConv"}
+    assert graph_op_types(bundle, "model.fp16.onnx") == {"EdgesegDeformConv"}  # read with onnx
+    monkeypatch.setitem(sys.modules, "onnx", None)  # a robot with TensorRT but no onnx
+    assert graph_op_types(bundle, "model.onnx") == {"DeformConv"}  # recorded: no onnx needed
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"was built before bundles recorded their operator types, and reading "
+        r"model.fp16.onnx needs onnx: pip install onnx",
+    ):
+        graph_op_types(bundle, "model.fp16.onnx")
 
 
 def test_resolve_target(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -474,52 +275,10 @@ def test_resolve_target(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_target("auto") == ("tensorrt", "Orin (nvgpu) with TensorRT 10.3.0")
 
 
-def test_probe_without_a_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ctypes
-
-    def missing(name: str, *args: Any, **kwargs: Any) -> Any:
-        raise OSError(f"{name}: cannot open shared object file")
-
-    monkeypatch.setattr(ctypes, "CDLL", missing)
-    with pytest.raises(
-        BackendError, match=r"the NVIDIA driver library \(libcuda.so.1\) is not installed"
-    ):
-        trt_backend.probe_device()
-
-
-def test_segmenter_without_tensorrt(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trt_backend, "available", lambda: False)  # as on this CPU machine
-    with edgeseg.Segmenter(tiny_bundle) as seg:
-        assert seg.backend_name == "onnxruntime"
-    with pytest.raises(
-        MissingDependencyError,
-        match=r"needs TensorRT and pycuda\. TensorRT: on Jetson it "
-        r"comes with JetPack \(sudo apt install python3-libnvinfer.*pip install pycuda",
-    ):
-        edgeseg.Segmenter(tiny_bundle, backend="tensorrt")
-    with pytest.raises(
-        BackendError, match="unknown backend 'cuda'; valid: auto, onnxruntime, tensorrt"
-    ):
-        resolve_backend("cuda")
-
-
-def test_auto_keeps_onnxruntime_for_its_options(
-    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(trt_backend, "available", lambda: True)
-    monkeypatch.setattr(trt_backend, "probe_device", lambda *a, **k: ORIN)
-    bundle = Bundle.load(tiny_bundle)
-    ok, why = trt_backend.auto_choice(bundle, "fp32", {"threads": 1})
-    assert not ok and why == "options threads are for onnxruntime"
-    ok, why = trt_backend.auto_choice(bundle, "fp32", {"cuda_graph": True})
-    assert ok and "has no fp32 engine; building one from model.onnx with TensorRT 10.3.0.30" in why
-    with edgeseg.Segmenter(tiny_bundle, threads=1) as seg:
-        assert seg.backend_name == "onnxruntime"
-
-
 def test_deploy_time_modules_stay_thin() -> None:
     code = (
-        "import edgeseg.runtime.backends.tensorrt, converters.tensorrt, edgeseg.doctor, sys\n"
+        "import edgeseg.engines, edgeseg.runtime.backends.tensorrt, converters.tensorrt, "
+        "edgeseg.doctor, sys\n"
         "heavy = ('tensorrt', 'pycuda', 'torch', 'onnx', 'cuda')\n"
         "print(' '.join(m for m in heavy if m in sys.modules))"
     )
@@ -553,7 +312,7 @@ def test_tensorrt_target_without_tensorrt_keeps_the_onnx_bundle(
             num_samples=1,
             target="tensorrt",
         )
-    assert Bundle.load(tmp_path / "tiny.edgeseg").manifest.engines == []
+    assert Bundle.load(tmp_path / "tiny.edgeseg").manifest.engines == ()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -578,7 +337,7 @@ def test_cli_engine_options_and_one_line_errors(tiny_bundle: Path) -> None:
         assert option in help_text, option
     assert "--cuda-arch" in _cli("plugins", "build", "--help").stdout
     proc = _cli("engine", str(tiny_bundle), "--max-shape", "96x96")
-    if trt_backend.tensorrt_version() is None:
+    if tensorrt_version() is None:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert "TensorRT's Python package is not installed" in proc.stderr
     proc = _cli("engine", str(tiny_bundle), "--opt-level", "9")
@@ -976,8 +735,9 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> types.SimpleNa
     monkeypatch.setitem(sys.modules, "pycuda", package)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
-    monkeypatch.setattr(trt_backend, "probe_device", lambda index=0, **_: ORIN)
-    monkeypatch.setattr(trt_backend, "_SHARED", {})  # the process's logger and plugin registry
+    monkeypatch.setattr("edgeseg.runtime.backends.probe_device", lambda index=0, **_: ORIN)
+    monkeypatch.setattr("converters.tensorrt.probe_device", lambda index=0, **_: ORIN)
+    monkeypatch.setattr("edgeseg.runtime.backends.tensorrt_lib._SHARED", {})  # logger, plugins
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
     return types.SimpleNamespace(trt=trt, driver=driver, cudart=cudart)
 
@@ -1001,14 +761,13 @@ def test_add_engine_rewrites_the_bundle(
     name = "engine-orin-sm87-trt10.3.0-fp32.plan"
     assert set(bundle.manifest.files) == before | {name, "engine-orin-sm87-trt10.3.0-fp32.json"}
     (entry,) = bundle.manifest.engines
-    assert entry["file"] == name and entry["precision"] == "fp32" and entry["graph"] == "model.onnx"
-    assert entry["graph_sha256"] == bundle.manifest.files["model.onnx"]["sha256"]
-    assert entry["profile"] == {"input": "image", "min": [64, 96], "opt": [64, 96], "max": [64, 96]}
-    assert entry["gpu"] == "orin" and entry["sm"] == "sm87" and entry["trt_version"] == "10.3.0.30"
-    assert (
-        entry["mode"] == "strongly-typed" and entry["dla_core"] is None and entry["plugins"] == []
-    )
-    assert entry["built_at"].endswith("+00:00") and entry["workspace_mb"] == 256
+    assert entry.file == name and entry.precision == "fp32" and entry.graph == "model.onnx"
+    assert entry.graph_sha256 == bundle.manifest.files["model.onnx"].sha256
+    assert entry.profile == ProfileShapes((64, 96), (64, 96), (64, 96))
+    assert entry.gpu == "orin" and entry.sm == "sm87" and entry.trt_version == "10.3.0.30"
+    assert entry.mode == "strongly-typed" and entry.dla_core is None and entry.plugins == ()
+    assert entry.built_at is not None and entry.built_at.endswith("+00:00")
+    assert entry.workspace_mb == 256
     plan = json.loads((path / name).read_bytes())
     assert (
         plan["strongly_typed"] and plan["opt_level"] == 4 and plan["profile"] is None
@@ -1044,7 +803,7 @@ def test_add_engine_profiles_and_refusals(
     """Control flow only: a dynamic bundle gets a profile; DLA and missing graphs are refused."""
     path = _copy(dynamic_bundle, tmp_path)
     bundle = add_engine(path, config=EngineConfig(max_shape=(256, 256)), device=ORIN)
-    plan = json.loads((path / bundle.manifest.engines[0]["file"]).read_bytes())
+    plan = json.loads((path / bundle.manifest.engines[0].file).read_bytes())
     assert plan["profile"]["image"] == [[1, 32, 48, 3], [1, 64, 96, 3], [1, 256, 256, 3]]
     static = _copy(tiny_bundle, tmp_path / "s")
     with pytest.raises(ConfigError, match="DLA runs FP16 and INT8 only, not fp32"):
@@ -1078,8 +837,8 @@ def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path:
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    manifest = Manifest(
-        model={"name": "dcn"},
+    manifest = Manifest.create(
+        model={"name": "dcn", "source": "module"},
         classes=("a", "b"),
         palette=((0, 0, 0), (1, 1, 1)),
         input=InputSpec(size=(10, 10)),
@@ -1087,6 +846,7 @@ def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path:
         opset=19,
         outputs=("mask",),
         graphs={"fp32": "model.onnx"},
+        op_types={"model.onnx": ["Cast", "Transpose", "DeformConv", "ArgMax"]},
     )
     path = write_bundle(tmp_path / "dcn", manifest, {"model.onnx": model.SerializeToString()}).path
     with pytest.raises(
@@ -1096,7 +856,7 @@ def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path:
     ):
         add_engine(path, config={"deform_conv": "plugin"}, device=ORIN)
     native = add_engine(path, device=ORIN)
-    assert native.manifest.engines[0]["deform_conv"] == "native"
+    assert native.manifest.engines[0].deform_conv == "native"
     assert ("init_plugins",) in stand_ins.trt.calls
     library = tmp_path / "libedgeseg_plugins.so"
     library.write_bytes(b"\x7fELF stand-in")
@@ -1109,8 +869,8 @@ def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path:
         edgeseg.errors.ExportError
     ) as err:  # the rewrite checks the graph more than this toy allows
         pytest.skip(f"to_plugin refuses the toy graph: {err}")
-    entries = {e["deform_conv"]: e for e in with_plugin.manifest.engines}
-    assert entries["plugin"]["plugins"] == ["libedgeseg_plugins.so"]
+    entries = {e.deform_conv: e for e in with_plugin.manifest.engines}
+    assert entries["plugin"].plugins == ("libedgeseg_plugins.so",)
     assert (with_plugin.path / "libedgeseg_plugins.so").read_bytes() == b"\x7fELF stand-in"
     assert ("parse", "model.plugin.onnx") in stand_ins.trt.calls
 
@@ -1121,7 +881,7 @@ def test_backend_data_path(
     """Control flow only: shapes set, buffers grown (never shrunk), copies in its context."""
     path = _copy(dynamic_bundle, tmp_path)
     bundle = add_engine(path, device=ORIN)
-    engine = bundle.file(bundle.manifest.engines[0]["file"])
+    engine = bundle.file(bundle.manifest.engines[0].file)
     rng = np.random.default_rng(0)
     with trt_backend.TensorRTBackend(engine) as backend:
         assert backend.input_names == ["image"] and backend.output_names == ["mask"]
@@ -1173,7 +933,7 @@ def test_cuda_graph_capture_and_fallback(
     """Control flow only: one ordinary run, capture, replays; a failed capture falls back."""
     path = _copy(tiny_bundle, tmp_path)
     engine = add_engine(path, device=ORIN)
-    plan = engine.file(engine.manifest.engines[0]["file"])
+    plan = engine.file(engine.manifest.engines[0].file)
     image = np.random.default_rng(1).integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)
     with trt_backend.TensorRTBackend(plan, cuda_graph=True) as backend:
         first = backend.infer({"image": image}, ["mask", "probs"])
@@ -1222,7 +982,7 @@ def test_segmenter_auto_falls_back_when_the_engine_fails(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise BackendError("TensorRT 10.3.0.30 cannot parse model.onnx: stand-in failure")
 
-    monkeypatch.setattr(trt_backend, "backend_for_bundle", broken)
+    monkeypatch.setattr("edgeseg.runtime.backends.resolve_engine", broken)
     with edgeseg.Segmenter(path) as seg:
         assert seg.backend_name == "onnxruntime"
     with pytest.raises(BackendError, match="stand-in failure"):

@@ -1,0 +1,379 @@
+"""Engines as data (edgeseg/engines.py) and the backend choice, on the CPU.
+
+Names, :func:`choose_engine`, :func:`resolve_engine` with an injected builder,
+and :func:`choose_backend` / :func:`open_backend` are pure functions of the
+manifest's typed engine records and a device; no TensorRT is needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import edgeseg
+from edgeseg import engines
+from edgeseg.bundle import Bundle, InputSpec, Manifest, write_bundle
+from edgeseg.engines import (
+    DeviceInfo,
+    EngineChoice,
+    EngineMismatchError,
+    choose_engine,
+    engine_file_name,
+    inspector_file_name,
+    resolve_engine,
+    sanitize_gpu_name,
+)
+from edgeseg.errors import BackendError, BundleError, ConfigError, MissingDependencyError
+from edgeseg.manifest import EngineRecord, ProfileRecord
+from edgeseg.runtime import backends
+
+ORIN = DeviceInfo("Orin (nvgpu)", (8, 7), "10.3.0.30")
+H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0.35")
+STATIC = ProfileRecord((64, 96), (64, 96), (64, 96))
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "token"),
+    [
+        ("Orin (nvgpu)", "orin"),
+        ("Orin", "orin"),
+        ("NVIDIA H100 80GB HBM3", "h100-80gb-hbm3"),
+        ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
+        ("NVIDIA Thor", "thor"),
+        ("Tesla T4", "tesla-t4"),
+        ("NVIDIA RTX 6000 Ada Generation", "rtx-6000-ada-generation"),
+        ("  ", "gpu"),
+    ],
+)
+def test_gpu_names_are_sanitized(name: str, token: str) -> None:
+    assert sanitize_gpu_name(name) == token
+
+
+def test_engine_file_names() -> None:
+    assert ORIN.sm == "sm87" and H100.sm == "sm90"
+    assert engine_file_name(ORIN, "fp16") == "engine-orin-sm87-trt10.3.0-fp16.plan"
+    assert engine_file_name(H100, "int8") == "engine-h100-80gb-hbm3-sm90-trt10.13.0-int8.plan"
+    assert engine_file_name(ORIN, "int8", dla_core=1) == "engine-orin-sm87-trt10.3.0-int8-dla1.plan"
+    assert (
+        inspector_file_name("engine-orin-sm87-trt10.3.0-fp16.plan")
+        == "engine-orin-sm87-trt10.3.0-fp16.json"
+    )
+    assert (
+        engine_file_name(DeviceInfo("B200", (10, 0), "11.4.1"), "fp16")
+        == "engine-b200-sm100-trt11.4.1-fp16.plan"
+    )
+    with pytest.raises(ConfigError, match="needs a TensorRT version; Orin has none"):
+        engine_file_name(DeviceInfo("Orin", (8, 7)), "fp16")
+
+
+def test_probe_without_a_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    with pytest.raises(
+        BackendError, match=r"the NVIDIA driver library \(libcuda.so.1\) is not installed"
+    ):
+        engines.probe_device()
+
+
+def test_plugin_names_match_the_plugin_package() -> None:
+    plugins = pytest.importorskip("converters.plugins")
+    assert plugins.PLUGIN_OP == engines.PLUGIN_OP == "EdgesegDeformConv"
+    assert plugins.LIBRARY_NAME == engines.PLUGIN_LIBRARY == "libedgeseg_plugins.so"
+
+
+# -- choose_engine --------------------------------------------------------------------------------
+
+
+def _record(
+    device: DeviceInfo,
+    precision: str = "fp16",
+    dla_core: int | None = None,
+    graph_sha: str = "aa" * 32,
+) -> EngineRecord:
+    assert device.trt_version is not None
+    return EngineRecord(
+        file=engine_file_name(device, precision, dla_core),
+        gpu=device.gpu,
+        sm=device.sm,
+        trt_version=device.trt_version,
+        precision=precision,
+        graph="model.fp16.onnx",
+        graph_sha256=graph_sha,
+        profile=STATIC,
+        dla_core=dla_core,
+    )
+
+
+def _manifest(*records: EngineRecord, graph_sha: str = "aa" * 32) -> Manifest:
+    files: dict[str, Any] = {
+        "model.onnx": {"sha256": "ff" * 32, "bytes": 1},
+        "model.fp16.onnx": {"sha256": graph_sha, "bytes": 1},
+    }
+    for r in records:
+        files[r.file] = {"sha256": "00" * 32, "bytes": 1}
+    return Manifest.create(
+        model={"name": "toy", "source": "module"},
+        classes=("a", "b"),
+        palette=((0, 0, 0), (9, 9, 9)),
+        input=InputSpec(size=(64, 96)),
+        precision="fp16",
+        opset=19,
+        graphs={"fp32": "model.onnx", "fp16": "model.fp16.onnx"},
+        files=files,
+        engines=records,
+    )
+
+
+def test_matching_engine_is_used() -> None:
+    manifest = _manifest(_record(H100), _record(ORIN))
+    choice = choose_engine(manifest, ORIN, "fp16")
+    assert choice.action == "use" and choice.record is not None
+    assert choice.record.file == "engine-orin-sm87-trt10.3.0-fp16.plan"
+    assert "built for this orin sm87 with TensorRT 10.3.0.30" in choice.reason
+    assert choice.plan is None and choice.device == ORIN and choice.precision == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("device", "named"),
+    [
+        (
+            DeviceInfo("NVIDIA Thor", (11, 0), "10.3.0.30"),
+            ["GPU orin (this one is thor)", "sm87 (this one is sm110)"],
+        ),
+        (
+            DeviceInfo("Orin", (8, 7), "10.13.0.35"),
+            ["TensorRT 10.3.0.30 (this one has 10.13.0.35)"],
+        ),
+        (DeviceInfo("Orin", (8, 7), "10.3.0.26"), ["TensorRT 10.3.0.30 (this one has 10.3.0.26)"]),
+    ],
+)
+def test_other_device_or_version_rebuilds_when_tensorrt_is_here(
+    device: DeviceInfo, named: list[str]
+) -> None:
+    choice = choose_engine(_manifest(_record(ORIN)), device, "fp16", where="road.edgeseg")
+    assert choice.action == "build"
+    assert choice.record is not None and choice.record.gpu == "orin"  # the engine it replaces
+    assert (
+        "road.edgeseg's fp16 engine engine-orin-sm87-trt10.3.0-fp16.plan was built for orin sm87"
+        in choice.found
+    )
+    for text in named:
+        assert text in choice.found
+    assert choice.plan == f"building one from model.fp16.onnx with TensorRT {device.trt_version}"
+    assert choice.reason == f"{choice.found}; {choice.plan}"
+
+
+def test_without_tensorrt_a_mismatch_names_both_versions() -> None:
+    here = DeviceInfo("Orin", (8, 7), None)
+    with pytest.raises(
+        EngineMismatchError,
+        match=r"built for orin sm87 with TensorRT 10\.3\.0\.30, not "
+        r"for this orin sm87 with no TensorRT.*TensorRT is not installed here",
+    ):
+        choose_engine(_manifest(_record(ORIN)), here, "fp16")
+    with pytest.raises(EngineMismatchError, match="has no fp16 engine; TensorRT is not installed"):
+        choose_engine(_manifest(), here, "fp16")
+    assert issubclass(EngineMismatchError, BackendError)
+
+
+def test_missing_or_stale_engine_is_built() -> None:
+    choice = choose_engine(_manifest(), ORIN, "fp16", where="road.edgeseg")
+    assert choice.action == "build" and choice.record is None
+    assert choice.reason.startswith(
+        "road.edgeseg has no fp16 engine; building one from model.fp16.onnx"
+    )
+    stale = choose_engine(_manifest(_record(ORIN, graph_sha="bb" * 32)), ORIN, "fp16")
+    assert (
+        stale.action == "build"
+        and "graph model.fp16.onnx as it was before it changed" in stale.reason
+    )
+    assert choose_engine(_manifest(_record(ORIN, "int8")), ORIN, "fp16").action == "build"
+
+
+def test_dla_engines_are_chosen_only_for_their_core() -> None:
+    manifest = _manifest(_record(ORIN, dla_core=0))
+    assert choose_engine(manifest, ORIN, "fp16").action == "build"  # GPU wanted: no GPU engine
+    assert choose_engine(manifest, ORIN, "fp16", dla_core=0).action == "use"
+    assert "for DLA core 1" in choose_engine(manifest, ORIN, "fp16", dla_core=1).reason
+
+
+# -- engine records in bundles --------------------------------------------------------------------
+
+
+def _engine_bundle(tmp_path: Path, name: str, *records: EngineRecord, files: dict[str, bytes]) -> Bundle:
+    base = Manifest.create(
+        model={"name": "toy", "source": "module"},
+        classes=("a",),
+        palette=((0, 0, 0),),
+        input=InputSpec(size=(8, 8)),
+        precision="fp32",
+        opset=19,
+        graphs={"fp32": "model.onnx"},
+        engines=records,
+    )
+    return write_bundle(tmp_path / name, base, files)
+
+
+def test_engine_records_round_trip_and_validation(tmp_path: Path) -> None:
+    import hashlib
+
+    graph = b"g"
+    record = EngineRecord(
+        file="engine-orin-sm87-trt10.3.0-fp32.plan",
+        inspector="engine-orin-sm87-trt10.3.0-fp32.json",
+        gpu="orin",
+        sm="sm87",
+        trt_version="10.3.0.30",
+        precision="fp32",
+        graph="model.onnx",
+        graph_sha256=hashlib.sha256(graph).hexdigest(),
+        profile=ProfileRecord((8, 8), (8, 8), (8, 8)),
+    )
+    files = {"model.onnx": graph, record.file: b"plan", str(record.inspector): b"{}"}
+    written = _engine_bundle(tmp_path, "e", record, files=files)
+    loaded = Bundle.load(written.path)
+    assert loaded.manifest.engines == (record,)
+    assert choose_engine(loaded.manifest, ORIN, "fp32").action == "use"
+    with pytest.raises(BundleError, match=r"engines\[0\].file 'engine-orin.*fp32.plan' is not listed"):
+        _engine_bundle(tmp_path, "f", record, files={"model.onnx": graph})
+    with pytest.raises(BundleError, match=r"engines\[0\].inspector 'engine-orin.*fp32.json' is not listed"):
+        _engine_bundle(tmp_path, "g", record, files={"model.onnx": graph, record.file: b"plan"})
+    with pytest.raises(BundleError, match="listed twice"):
+        _engine_bundle(tmp_path, "h", record, record, files=files)
+    data = loaded.manifest.to_json()
+    for edit, message in [
+        ({"precision": "fp64"}, r"engines\[0\].precision must be one of fp32, fp16, int8, got 'fp64'"),
+        ({"opt_level": 9}, r"engines\[0\].opt_level must be <= 5, got 9"),
+        ({"dla_core": -1}, r"engines\[0\].dla_core must be >= 0, got -1"),
+        ({"sm": "87"}, r"engines\[0\].sm '87' is not of the form"),
+        ({"file": "../x.plan"}, r"engines\[0\].file '../x.plan' is not of the form"),
+        ({"profile": {"min": [16, 16], "opt": [8, 8], "max": [8, 8]}}, "must keep min <= opt <= max"),
+        ({"gpu_name_typo": "Orin"}, r"engines\[0\]: unknown key\(s\) gpu_name_typo"),
+    ]:
+        bad = {**data, "engines": [{**data["engines"][0], **edit}]}
+        with pytest.raises(BundleError, match=message):
+            Manifest.from_json(bad)
+    del data["engines"]  # bundles written before engines existed still load
+    assert Manifest.from_json(data).engines == ()
+
+
+# -- resolving the choice: use, or build with the injected builder -------------------------------
+
+
+def test_resolve_engine_uses_or_builds_through_the_injected_builder(tmp_path: Path) -> None:
+    import hashlib
+
+    graph = b"g"
+    record = EngineRecord(
+        file="engine-orin-sm87-trt10.3.0-fp32.plan", gpu="orin", sm="sm87",
+        trt_version="10.3.0.30", precision="fp32", graph="model.onnx",
+        graph_sha256=hashlib.sha256(graph).hexdigest(), profile=ProfileRecord((8, 8), (8, 8), (8, 8)),
+    )
+    empty = _engine_bundle(tmp_path, "empty", files={"model.onnx": graph})
+    choice = choose_engine(empty.manifest, ORIN, "fp32")
+    assert choice.action == "build"
+    with pytest.raises(EngineMismatchError, match=r"has no fp32 engine; engine building is off"):
+        resolve_engine(empty, choice, None)
+    calls: list[EngineChoice] = []
+
+    def builder(bundle: Bundle, asked: EngineChoice) -> tuple[Bundle, EngineRecord]:
+        calls.append(asked)
+        files = {"model.onnx": graph, record.file: b"plan"}
+        return _engine_bundle(tmp_path, "built", record, files=files), record
+
+    resolved = resolve_engine(empty, choice, builder)
+    assert calls == [choice] and resolved.built and resolved.record == record
+    assert resolved.path == resolved.bundle.path / record.file and resolved.plugins == ()
+    again = choose_engine(resolved.bundle.manifest, ORIN, "fp32")
+    used = resolve_engine(resolved.bundle, again, builder)
+    assert again.action == "use" and not used.built and len(calls) == 1
+
+
+def test_an_unwritable_bundle_is_not_built_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = _engine_bundle(tmp_path, "ro", files={"model.onnx": b"g"})
+    choice = choose_engine(empty.manifest, ORIN, "fp32")
+    monkeypatch.setattr(engines, "bundle_writable", lambda bundle: False)  # root writes anywhere
+
+    def builder(bundle: Bundle, asked: EngineChoice) -> tuple[Bundle, EngineRecord]:
+        raise AssertionError("a bundle that cannot be written is not built into")
+
+    with pytest.raises(BackendError, match="cannot be written to add one; build it where"):
+        resolve_engine(empty, choice, builder)
+
+
+# -- the backend choice, made once ----------------------------------------------------------------
+
+
+def test_segmenter_without_tensorrt(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: False)  # as on this CPU machine
+    with edgeseg.Segmenter(tiny_bundle) as seg:
+        assert seg.backend_name == "onnxruntime"
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"needs TensorRT and pycuda\. TensorRT: on Jetson it "
+        r"comes with JetPack \(sudo apt install python3-libnvinfer.*pip install pycuda",
+    ):
+        edgeseg.Segmenter(tiny_bundle, backend="tensorrt")
+    with pytest.raises(
+        BackendError, match="unknown backend 'cuda'; valid: auto, onnxruntime, tensorrt"
+    ):
+        edgeseg.Segmenter(tiny_bundle, backend="cuda")
+
+
+def test_auto_decides_once_and_keeps_onnxruntime_for_its_options(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes: list[int] = []
+
+    def probe(index: int = 0, **_: Any) -> DeviceInfo:
+        probes.append(index)
+        return ORIN
+
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(backends, "probe_device", probe)
+    bundle = Bundle.load(tiny_bundle)
+    choice = backends.choose_backend("auto", bundle, "fp32", {"threads": 1})
+    assert choice.name == "onnxruntime" and choice.why == "options threads are for onnxruntime"
+    assert probes == []  # not even probed
+    choice = backends.choose_backend("auto", bundle, "fp32", {"cuda_graph": True})
+    assert choice.name == "tensorrt" and choice.engine is not None
+    assert "has no fp32 engine; building one from model.onnx with TensorRT 10.3.0.30" in choice.why
+    assert probes == [0]
+    with edgeseg.Segmenter(tiny_bundle, threads=1) as seg:
+        assert seg.backend_name == "onnxruntime"
+
+
+def test_auto_without_a_gpu_runs_on_onnxruntime(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_gpu(*_: Any, **__: Any) -> DeviceInfo:
+        raise BackendError("cuInit failed: CUDA_ERROR_NO_DEVICE (100)")
+
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(backends, "probe_device", no_gpu)
+    choice = backends.choose_backend("auto", Bundle.load(tiny_bundle))
+    assert choice.name == "onnxruntime" and "CUDA_ERROR_NO_DEVICE" in choice.why
+
+
+def test_engine_builder_none_refuses_a_missing_engine(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(backends, "probe_device", lambda *a, **k: ORIN)
+    monkeypatch.setattr(
+        "edgeseg.runtime.backends.tensorrt_lib.require_tensorrt", lambda: None
+    )
+    with pytest.raises(EngineMismatchError, match="has no fp32 engine; engine building is off"):
+        edgeseg.Segmenter(tiny_bundle, backend="tensorrt", engine_builder=None)
+    with pytest.raises(ConfigError, match="engine_builder must be 'default', None or a callable"):
+        edgeseg.Segmenter(tiny_bundle, backend="tensorrt", engine_builder="mine")
