@@ -13,6 +13,7 @@ build/CI-time module, though ``import edgeseg.parity`` itself stays light.
 
 from __future__ import annotations
 
+import abc
 import heapq
 import importlib
 import logging
@@ -360,27 +361,28 @@ def reference_model(
     if factory is not None:
         module = _call_factory(factory)
         described = f"factory {factory}"
-    elif info.get("source") == "zoo":
+    elif info.source == "zoo":
         if weights is None:
-            if info.get("trained"):
+            if info.trained:
                 raise ConfigError(
-                    f"bundle was built from {info['name']} with weights {info.get('weights', {}).get('file')}; "
+                    f"bundle was built from {info.name} with weights "
+                    f"{info.weights.file if info.weights else None}; "
                     "pass the same weights (--weights) to rebuild the PyTorch reference"
                 )
             raise ConfigError(
-                f"bundle holds an untrained {info['name']} (random weights cannot be rebuilt); "
+                f"bundle holds an untrained {info.name} (random weights cannot be rebuilt); "
                 "build it with --weights, and pass them here too"
             )
         module = zoo.create_model(
-            info["name"],
+            info.name,
             num_classes=manifest.num_classes,
             in_channels=manifest.input.channels,
-            **dict(info.get("options", {})),
+            **dict(info.options),
         )
-        described = f"zoo {info['name']}"
+        described = f"zoo {info.name}"
     else:
         raise ConfigError(
-            f"bundle was built from a user module ({info.get('class', info.get('name'))}); "
+            f"bundle was built from a user module ({info.class_name or info.name}); "
             "pass factory='module:callable' (--factory) that returns it"
         )
     if not isinstance(module, nn.Module):
@@ -393,11 +395,11 @@ def reference_model(
                 f"weights {Path(weights).name}: {len(report.missing)} missing and "
                 f"{len(report.unexpected)} unexpected keys"
             )
-        recorded = (info.get("weights") or {}).get("sha256")
-        if recorded and recorded != sha256_file(Path(weights)):
+        recorded = info.weights
+        if recorded is not None and recorded.sha256 != sha256_file(Path(weights)):
             notes.append(
                 f"weights {Path(weights).name} differ from the ones the bundle was built with "
-                f"({info['weights'].get('file')})"
+                f"({recorded.file})"
             )
     return module.eval(), described, notes
 
@@ -427,9 +429,27 @@ def _call_factory(spec: str) -> Any:
 # ----------------------------------------------------------------------------- compare
 
 
+class Reference(abc.ABC):
+    """What a bundle's artefacts are compared with.
+
+    Called with a prepared (1, h, w, C) uint8 batch (as the graph's ``image``
+    input), it returns the reference's (h, w) uint8 mask and (C, h, w) float32
+    logits. :func:`compare` wraps a PyTorch module in one
+    (``converters.reference.TorchReference``: the export's own pre- and
+    post-processing run eagerly, a fused CRF applied after it); any other
+    reference, e.g. another runtime, can subclass this.
+    """
+
+    description: str = "reference"
+
+    @abc.abstractmethod
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (h, w) uint8, logits (C, h, w) float32) of one prepared batch."""
+
+
 def compare(
     bundle: str | os.PathLike[str] | Bundle,
-    model: nn.Module,
+    model: nn.Module | Reference,
     images: Any,
     *,
     labels: Any = None,
@@ -445,7 +465,7 @@ def compare(
 
     Args:
         bundle: a bundle path or a loaded Bundle.
-        model: the PyTorch model (logits, or a dict with ``"out"``).
+        model: the PyTorch model (logits, or a dict with ``"out"``), or a :class:`Reference`.
         images: a folder, a list of image files, or arrays (see :func:`iter_images`).
         labels: a folder (paired with the image files by name), a mapping
             name -> (H, W) ids, or a sequence aligned with ``images``.
@@ -462,9 +482,6 @@ def compare(
     Returns:
         The report; apply thresholds with :meth:`ParityReport.check`.
     """
-    import torch
-
-    from converters.export import DeployWrapper, ExportSpec
     from edgeseg.labels import default_ignore_index
 
     loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -475,14 +492,12 @@ def compare(
     if ignore_index is None and label_format in ("voc", "cityscapes"):
         ignore_index = default_ignore_index(label_format)
     spec = manifest.input
-    fused_crf = None
-    if manifest.crf is not None and manifest.crf.get("mode") == "fused":
-        from converters.crf import CRFParams, crf_reference
+    if isinstance(model, Reference):
+        ref = model
+    else:
+        from edgeseg._lazy import torch_reference
 
-        fused_crf = CRFParams(**manifest.crf.get("params", {}))
-    wrapper = DeployWrapper(
-        model, ExportSpec(input_size=spec.size, in_channels=spec.channels, mean=spec.mean, std=spec.std, simplify=False)
-    ).eval()
+        ref = torch_reference(model, manifest)
     n_classes = manifest.num_classes
     from edgeseg.runtime.frames import frame_source
 
@@ -507,11 +522,7 @@ def compare(
                 except InputError as err:
                     notes.append(f"skipped {name}: {err}")
                     continue
-                with torch.no_grad():
-                    ref_mask_t, _, ref_logits_t = wrapper(torch.from_numpy(batch))
-                ref_logits, ref_mask = ref_logits_t[0].numpy(), ref_mask_t[0].numpy()
-                if fused_crf is not None:  # the graph's mask comes after its CRF: so must PyTorch's
-                    ref_mask = crf_reference(batch[0], ref_logits, fused_crf).argmax(axis=0).astype(np.uint8)
+                ref_mask, ref_logits = ref(batch)
                 label = label_of(name)
                 if label is not None and label.shape[:2] != frame.shape[:2]:
                     raise InputError(
@@ -553,7 +564,7 @@ def compare(
         )
     return ParityReport(
         bundle=str(loaded.path),
-        reference=reference or type(model).__name__,
+        reference=reference or ref.description,
         classes=list(manifest.classes),
         images=count,
         labelled=labelled,
