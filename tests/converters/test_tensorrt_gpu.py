@@ -19,6 +19,7 @@ bundles are exported in the test; engines are built at optimisation level 2
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 
 import edgeseg
-from edgeseg.bundle import Bundle, Manifest, write_bundle
+from edgeseg.bundle import Bundle, write_bundle
 from edgeseg.errors import MissingDependencyError, ParityError
 
 pytestmark = pytest.mark.gpu
@@ -64,6 +65,15 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 def _logit_error(got: np.ndarray, ref: np.ndarray) -> float:
     got, ref = got.astype(np.float32), ref.astype(np.float32)
     return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def _engine_backend(bundle: Bundle, precision: str | None = None, **options: Any) -> Any:
+    """The TensorRT backend of the bundle's engine for this GPU; never builds one."""
+    from edgeseg.runtime.backends import choose_backend, open_backend
+
+    choice = choose_backend("tensorrt", bundle, precision, options)
+    backend, _ = open_backend(choice, bundle, precision, engine_builder=None, **options)
+    return backend
 
 
 def _run(backend: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,13 +186,12 @@ def zoo_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def test_zoo_engine_matches_onnxruntime_and_pytorch(zoo_case: ZooCase, precision: str) -> None:
     from converters.samples import synthetic_images
     from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgeseg.runtime.backends.tensorrt import backend_for_bundle
 
     if precision in zoo_case.skipped:
         pytest.skip(f"no {precision} graph: {zoo_case.skipped[precision]}")
     bundle = Bundle.load(zoo_case.bundle)
     images = synthetic_images(4, zoo_case.size, seed=11)
-    with backend_for_bundle(bundle, precision, rebuild=False) as trt_run:
+    with _engine_backend(bundle, precision) as trt_run:
         trt_mask, trt_logits = _run(trt_run, images)
         gpu_ms = trt_run.last_gpu_ms
     with OnnxRuntimeBackend(bundle.graph(precision)) as ort_run:
@@ -206,8 +215,8 @@ def test_zoo_engine_matches_onnxruntime_and_pytorch(zoo_case: ZooCase, precision
     assert figures["pytorch"] >= float(limits["pytorch"] or 0), figures
     if limits["logits"] is not None:
         assert figures["logits_vs_onnxruntime"] <= limits["logits"], figures
-    entry = next(e for e in bundle.manifest.engines if e["precision"] == precision)
-    layers = json.loads(bundle.file(entry["inspector"]).read_text())
+    entry = next(e for e in bundle.manifest.engines if e.precision == precision)
+    layers = json.loads(bundle.file(str(entry.inspector)).read_text())
     assert layers, "EngineInspector wrote no layer information"
 
 
@@ -223,8 +232,8 @@ def test_polygraphy_compares_the_engine_with_onnxruntime(tiny_bundle: Path, tmp_
     from converters.tensorrt import EngineConfig, add_engine
 
     bundle = add_engine(_copy(tiny_bundle, tmp_path), "fp32", EngineConfig(opt_level=OPT_LEVEL))
-    entry = next(e for e in bundle.manifest.engines if e["precision"] == "fp32")
-    plan = bundle.file(entry["file"]).read_bytes()
+    entry = next(e for e in bundle.manifest.engines if e.precision == "fp32")
+    plan = bundle.file(entry.file).read_bytes()
     rng = np.random.default_rng(4)
     feeds = [{"image": rng.integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)} for _ in range(8)]
     runners = [
@@ -273,7 +282,6 @@ def test_plugin_matches_native_deform_conv(
     from converters.samples import synthetic_images
     from converters.tensorrt import EngineConfig, add_engine
     from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgeseg.runtime.backends.tensorrt import backend_for_bundle
     from tests.models.test_zoo_export import _model
 
     name, options, size = case
@@ -296,8 +304,8 @@ def test_plugin_matches_native_deform_conv(
             plugin_library=plugin_library if mode == "plugin" else None,
         )
         bundle = add_engine(copy, precision, config)
-        assert bundle.manifest.engines[0]["deform_conv"] == mode
-        with backend_for_bundle(bundle, precision, rebuild=False) as backend:
+        assert bundle.manifest.engines[0].deform_conv == mode
+        with _engine_backend(bundle, precision) as backend:
             runs[mode] = (*_run(backend, synthetic_images(4, size, seed=3)), backend.last_gpu_ms)
     with OnnxRuntimeBackend(built.graph(precision)) as ort_run:
         ort_mask, ort_logits = _run(ort_run, synthetic_images(4, size, seed=3))
@@ -373,7 +381,7 @@ def test_thousand_frames_without_memory_growth(tiny_bundle: Path, tmp_path: Path
 
 def test_cuda_graph_gives_the_same_results(tiny_bundle: Path, tmp_path: Path) -> None:
     from converters.tensorrt import EngineConfig, add_engine
-    from edgeseg.runtime.backends.tensorrt import backend_for_bundle, import_cudart
+    from edgeseg.runtime.backends.tensorrt_lib import import_cudart
 
     try:
         import_cudart()
@@ -385,7 +393,7 @@ def test_cuda_graph_gives_the_same_results(tiny_bundle: Path, tmp_path: Path) ->
     results: dict[bool, list[dict[str, np.ndarray]]] = {}
     timings: dict[bool, list[float]] = {}
     for graph in (False, True):
-        with backend_for_bundle(bundle, cuda_graph=graph, rebuild=False) as backend:
+        with _engine_backend(bundle, cuda_graph=graph) as backend:
             results[graph] = []
             timings[graph] = []
             for image in images:
@@ -431,21 +439,22 @@ def test_auto_picks_tensorrt_and_rebuilds_a_foreign_engine(
         first = seg(frame).mask
     loaded = Bundle.load(path)
     (entry,) = loaded.manifest.engines
-    assert entry["trt_version"] == trt.__version__
+    assert entry.trt_version == trt.__version__
     # pretend the engine came from another TensorRT: the Segmenter must rebuild, not use it
-    foreign = {**entry, "trt_version": "10.0.0.6"}
+    foreign = dataclasses.replace(entry, trt_version="10.0.0.6")
     files: dict[str, bytes | Path] = {n: path / n for n in loaded.manifest.files}
     write_bundle(
-        path, Manifest(**{**loaded.manifest.__dict__, "engines": [foreign]}), files, overwrite=True
+        path, dataclasses.replace(loaded.manifest, engines=(foreign,)), files, overwrite=True
     )
     started = time.perf_counter()
     with edgeseg.Segmenter(path, backend="tensorrt") as seg:
         np.testing.assert_array_equal(seg(frame).mask, first)
     (rebuilt,) = Bundle.load(path).manifest.engines
-    assert rebuilt["trt_version"] == trt.__version__ and rebuilt["built_at"] >= entry["built_at"]
+    assert rebuilt.trt_version == trt.__version__
+    assert str(rebuilt.built_at) >= str(entry.built_at)
     _report(
-        f"foreign engine (TensorRT 10.0.0.6) rebuilt for {rebuilt['gpu_name']} {rebuilt['sm']} "
-        f"with TensorRT {rebuilt['trt_version']} in {time.perf_counter() - started:.1f} s"
+        f"foreign engine (TensorRT 10.0.0.6) rebuilt for {rebuilt.gpu_name} {rebuilt.sm} "
+        f"with TensorRT {rebuilt.trt_version} in {time.perf_counter() - started:.1f} s"
     )
 
 
@@ -454,7 +463,6 @@ def test_dla_engine_when_the_device_has_dla(tiny_bundle: Path, tmp_path: Path) -
 
     from converters.tensorrt import EngineConfig, add_engine, dla_mode, profile_shapes
     from edgeseg.errors import ConfigError
-    from edgeseg.runtime.backends.tensorrt import backend_for_bundle
 
     cores = int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
     if not cores:
@@ -477,17 +485,17 @@ def test_dla_engine_when_the_device_has_dla(tiny_bundle: Path, tmp_path: Path) -
         pytest.skip(str(err))
     gpu = add_engine(bundle.path, "fp16", EngineConfig(opt_level=OPT_LEVEL))
     dla = add_engine(gpu.path, "fp16", EngineConfig(dla_core=0, opt_level=OPT_LEVEL))
-    assert {e["dla_core"] for e in dla.manifest.engines} == {None, 0}
+    assert {e.dla_core for e in dla.manifest.engines} == {None, 0}
     images = np.random.default_rng(5).integers(0, 256, (4, 64, 96, 3), dtype=np.uint8)
-    with backend_for_bundle(dla, "fp16", rebuild=False) as on_gpu:
+    with _engine_backend(dla, "fp16") as on_gpu:
         gpu_mask, _ = _run(on_gpu, images)
         gpu_ms = on_gpu.last_gpu_ms
-    with backend_for_bundle(dla, "fp16", dla_core=0, rebuild=False) as on_dla:
+    with _engine_backend(dla, "fp16", dla_core=0) as on_dla:
         dla_mask, _ = _run(on_dla, images)
         dla_ms = on_dla.last_gpu_ms
     agreement = _agreement(dla_mask, gpu_mask)
     _report(
-        f"DLA core 0 fp16 ({dla.manifest.engines[-1]['mode']}): agreement with the GPU engine "
+        f"DLA core 0 fp16 ({dla.manifest.engines[-1].mode}): agreement with the GPU engine "
         f"{agreement:.4%}; {dla_ms:.3f} ms on DLA, {gpu_ms:.3f} ms on the GPU"
     )
     assert agreement >= 0.98
