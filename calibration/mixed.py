@@ -25,10 +25,9 @@ import onnx
 from calibration.quantize import CalibrationStats, quantizable_nodes, quantize
 from edgeseg.errors import ConfigError
 from edgeseg.metrics import confusion_matrix, iou_per_class
+from edgeseg.progress import Say
 
 log = logging.getLogger(__name__)
-
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.bundle import Bundle
+from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 from edgeseg.parity import ParityReport, compare
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
-
-DEFAULT_MIN_AGREEMENT = 0.999
 
 
 def assert_parity(
@@ -34,7 +33,7 @@ def assert_parity(
     *,
     labels: Any = None,
     precision: str | list[str] | None = None,
-    min_agreement: float | None = DEFAULT_MIN_AGREEMENT,
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT["fp32"],
     max_miou_drop: float | None = None,
     max_abs_error: float | None = None,
     label_format: str = "auto",
