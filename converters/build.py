@@ -1,8 +1,15 @@
 """``build``: a zoo model or any ``nn.Module`` -> a verified bundle.
 
-Steps: resolve the model (and its weights), export to ONNX with fused pre- and
-post-processing, simplify and check, measure parity against PyTorch in ONNX
-Runtime, keep the requested outputs, write the bundle atomically.
+:func:`build` reads its options into one :class:`converters.options.BuildOptions`
+(checked before any work), then runs named steps, each a small function:
+
+1. :func:`resolve_step`: the module (zoo model or the user's), its weights and classes;
+2. :func:`export_step`: ONNX with fused pre- and post-processing, simplified and checked;
+3. :func:`check_step`: parity with PyTorch in ONNX Runtime (a ParityError below the target);
+4. :func:`precision_step`: the FP16 or INT8 graph, judged against the FP32 graph;
+5. :func:`crf_step`: the dense CRF graph, checked against its NumPy reference;
+6. :func:`write_step`: the graphs and the manifest, written atomically;
+7. :func:`engine_step`: a TensorRT engine, where the target asks for one.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,8 @@ import torch
 from torch import nn
 
 import edgeseg
-from calibration.quantize import DEFAULT_METHOD
 from converters.crf import CRFParams, crf_graph, crf_reference
 from converters.export import (
-    DEFAULT_OPSET,
     GRAPH_OUTPUTS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,22 +41,17 @@ from converters.export import (
     onnx_from_module,
     probe_module,
 )
-from converters.passes import select_outputs
-from converters.precision import (
-    DEFAULT_CALIB_SIZE,
+from converters.options import (
     DEFAULT_EVAL_IMAGES,
-    DEFAULT_PLACEMENT,
-    DEFAULT_TRT_CACHE_VERSION,
-    GRAPH_FILES,
-    EvalSet,
-    QuantOptions,
-    load_eval_set,
-    lower_precision,
+    DEFAULT_NUM_CLASSES,
+    BuildOptions,
+    ModelOptions,
 )
+from converters.passes import select_outputs
+from converters.precision import GRAPH_FILES, EvalSet, Lowered, load_eval_set, lower_precision
 from converters.samples import load_samples, synthetic_images
+from converters.tensorrt import engine_for_build
 from edgeseg.bundle import (
-    CRF_MODES,
-    PRECISIONS,
     Bundle,
     InputSpec,
     Manifest,
@@ -63,17 +63,14 @@ from edgeseg.bundle import (
 )
 from edgeseg.errors import BundleExistsError, ConfigError, ParityError
 from edgeseg.parity import Accumulator
+from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NUM_CLASSES = 21  # Pascal VOC, torchvision's default for its segmentation models
-DEFAULT_MIN_AGREEMENT = 0.999
-DEFAULT_NUM_SAMPLES = 8
 GRAY_MEAN = (0.449,)  # ImageNet's channel means and stds, averaged
 GRAY_STD = (0.226,)
-
-Progress = Callable[[str], None]
+CRF_FILE = "crf.onnx"
 
 
 @dataclass(frozen=True)
@@ -86,46 +83,43 @@ class ResolvedModel:
     in_channels: int
     multiple_of: int
     classes: list[str]
+    palette: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The FP32 graph (every output) and the input it was exported for."""
+
+    spec: ExportSpec
+    input: InputSpec
+    graph: onnx.ModelProto
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The FP32 graph's parity with PyTorch, and the images it was measured on."""
+
+    parity: dict[str, Any]
+    images: np.ndarray
+
+
+@dataclass(frozen=True)
+class CRFStage:
+    """The dense CRF graph and its agreement with the NumPy reference."""
+
+    mode: str
+    params: CRFParams
+    graph: onnx.ModelProto
+    agreement: float
 
 
 def build(
     model: str | nn.Module,
     out: str | os.PathLike[str],
     *,
-    classes: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    input_size: tuple[int, int] | None = None,
-    in_channels: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    precision: str = "fp32",
-    weights: str | os.PathLike[str] | None = None,
-    options: Mapping[str, Any] | None = None,
-    outputs: Sequence[str] = ("mask",),
-    palette: Sequence[Sequence[int]] | None = None,
-    dynamic: bool = False,
-    multiple_of: int | None = None,
-    samples: str | os.PathLike[str] | None = None,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    min_agreement: float | None = None,
-    opset: int = DEFAULT_OPSET,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    crf: str | None = None,
-    crf_params: CRFParams | Mapping[str, Any] | None = None,
-    calib: str | os.PathLike[str] | None = None,
-    calib_size: int = DEFAULT_CALIB_SIZE,
-    calib_seed: int = 0,
-    method: str = DEFAULT_METHOD,
-    placement: str = DEFAULT_PLACEMENT,
-    mixed_precision: bool = True,
-    labels: str | os.PathLike[str] | None = None,
-    label_format: str = "auto",
-    ignore_index: int | None = None,
-    max_miou_drop: float | None = None,
-    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION,
-    target: str = "auto",
-    engine: Any = None,
+    config: BuildOptions | None = None,
+    progress: Say | None = None,
+    **kwargs: Any,
 ) -> Bundle:
     """Builds a bundle from a zoo model name or a ``torch.nn.Module``.
 
@@ -134,149 +128,78 @@ def build(
             forward takes an NCHW float image and returns logits (N, C, H, W),
             a dict with ``"out"`` (torchvision), or a tuple starting with them.
         out: bundle directory to write (``.edgeseg`` is appended if missing).
-        classes: class names; or give ``num_classes`` (names are then generated).
-        num_classes: number of classes (zoo default 21; a module's is probed).
-        input_size: (height, width); zoo models have a default, modules need it.
-        in_channels: 3 (RGB, default) or 1 (grayscale).
-        mean: per-channel mean on the 0..1 scale (default ImageNet's).
-        std: per-channel std on the 0..1 scale (default ImageNet's).
-        precision: ``"fp32"``, ``"fp16"`` (an FP16 graph with I/O and sensitive
-            operators in FP32) or ``"int8"`` (explicit Q/DQ from ``calib``). The
-            bundle keeps ``model.onnx`` (FP32) beside ``model.fp16.onnx`` /
-            ``model.int8.onnx`` and runs the latter by default.
-        weights: a state dict or checkpoint file, loaded with ``weights_only=True``.
-        options: zoo model options (``edgeseg models`` lists them); not for modules.
-        outputs: graph outputs to keep: ``mask`` plus any of ``probs``, ``logits``.
-        palette: one [r, g, b] per class (default: the Pascal VOC colour map).
-        dynamic: symbolic height and width in the graph.
-        multiple_of: with ``dynamic``, sides must be multiples of this
-            (zoo models know theirs; modules default to 32).
-        samples: a folder of images for the parity check (default: generated images).
-        num_samples: how many sample images the parity check runs.
-        min_agreement: the build fails when the graph's masks agree with the
-            reference's on fewer pixels than this fraction: the FP32 graph with
-            PyTorch (default 0.999), an FP16/INT8 graph with the FP32 graph
-            (default 0.995 / 0.99; INT8 keeps its most sensitive layers in float
-            until it holds, see ``mixed_precision``).
-        opset: ONNX opset (>= 19).
-        overwrite: replace an existing bundle.
+        config: every option as one :class:`converters.options.BuildOptions`
+            (instead of keywords).
         progress: called with a short message as each step starts.
-        crf: add the dense CRF stage: ``"separate"`` (its own ``crf.onnx``,
-            switchable at run time; the model then also outputs ``logits``)
-            or ``"fused"`` (one graph: model, then CRF). Static sizes only.
-        crf_params: :class:`converters.crf.CRFParams` or a dict of its fields.
-        calib: INT8 calibration set: a folder of images (recursive), a video or an ``.npz``.
-        calib_size: how many frames of ``calib`` to use (spread evenly over it).
-        calib_seed: seed of the deterministic pick of calibration frames.
-        method: INT8 calibration: ``minmax``, ``percentile`` or ``entropy``.
-        placement: where INT8 Q/DQ goes: ``cpu`` (what ONNX Runtime fuses into
-            integer kernels) or ``tensorrt`` (TensorRT's explicit-quantization rules).
-        mixed_precision: keep the most sensitive layers in float until the
-            target (``min_agreement``, ``max_miou_drop``) holds.
-        labels: label folder for ``samples``; enables ``max_miou_drop``.
-        label_format: ``auto``, ``ids``, ``voc`` or ``cityscapes``.
-        ignore_index: a label id left out of the mIoU (e.g. CamVid's 11).
-        max_miou_drop: mIoU points an FP16/INT8 graph may lose against FP32.
-        trt_cache_version: TensorRT version written in the header of the
-            legacy calibration cache (``calibration.cache``) of INT8 bundles.
-        target: ``cpu`` (ONNX graphs only), ``tensorrt`` (also a TensorRT
-            engine for this GPU) or ``auto`` (an engine when TensorRT and a GPU are
-            here, as on a Jetson; ONNX graphs only elsewhere); see :func:`converters.tensorrt.engine_for_build`.
-        engine: engine options, a :class:`converters.tensorrt.EngineConfig` or a dict
-            of its fields (workspace_mb, opt_level, dla_core, min/opt/max_shape,
-            deform_conv, plugin_library).
+        **kwargs: the options as keywords, each a field of a BuildOptions group
+            (:func:`converters.options.flat_names`): ``precision``, ``target``,
+            ``overwrite``, ``engine`` (an EngineConfig or a dict of its fields);
+            :class:`~converters.options.ModelOptions`' ``classes``, ``num_classes``,
+            ``input_size``, ``in_channels``, ``mean``, ``std``, ``weights``, ``options``,
+            ``outputs``, ``palette``, ``dynamic``, ``multiple_of``, ``opset``;
+            :class:`~converters.options.CheckOptions`' ``samples``, ``num_samples``,
+            ``labels``, ``label_format``, ``ignore_index``, ``min_agreement``,
+            ``max_miou_drop``; :class:`~converters.options.QuantOptions`' ``calib``,
+            ``calib_size``, ``calib_seed``, ``method``, ``placement``,
+            ``mixed_precision``, ``trt_cache_version``; and
+            :class:`~converters.options.CRFOptions`' ``crf``, ``crf_params``.
+            Their defaults and meaning are documented there.
 
     Returns:
         The written, verified bundle.
 
     Raises:
-        ConfigError: an argument is wrong (the message names it).
+        ConfigError: an argument is wrong or unknown (the message names it), or
+            ``config`` was given together with keywords.
         WeightsError: the weights cannot be read or do not fit.
         ExportError: export or the graph checks failed.
-        ParityError: ONNX Runtime disagrees with PyTorch beyond ``min_agreement``.
+        ParityError: ONNX Runtime disagrees with PyTorch beyond ``min_agreement``
+            (or an FP16/INT8 graph misses its target); nothing is written.
         BundleExistsError: ``out`` exists and ``overwrite`` is false.
     """
-    say = progress or (lambda message: log.info("%s", message))
-    from converters.tensorrt import TARGETS, coerce_config
-
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    coerce_config(engine)  # bad engine options fail before the export, not after
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    quant = QuantOptions(calib, calib_size, calib_seed, method, placement, mixed_precision, trt_cache_version)
-    if precision == "int8":
-        quant.check()
-    elif calib is not None:
-        raise ConfigError(f"calib is for precision='int8'; this build is {precision}")
-    if labels is not None and samples is None:
-        raise ConfigError("labels need samples=DIR (--samples): the images they label")
-    fp32_min_agreement = min_agreement if precision == "fp32" and min_agreement is not None else DEFAULT_MIN_AGREEMENT
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise ConfigError(f"min_agreement must be a fraction in [0, 1], got {min_agreement}")
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
-    wanted = _check_outputs(outputs)
-    params = _crf_params(crf, crf_params, dynamic)
-    if crf == "separate" and "logits" not in wanted:
-        wanted.append("logits")  # the CRF stage reads the model's logits
+    if config is not None and kwargs:
+        raise ConfigError(
+            f"give config=BuildOptions(...) or keyword options, not both (got config and "
+            f"{', '.join(sorted(kwargs))})"
+        )
+    if config is not None and not isinstance(config, BuildOptions):
+        raise ConfigError(f"config must be a BuildOptions, got {type(config).__name__}")
+    options = config if config is not None else BuildOptions.from_kwargs(**kwargs)
+    say = say_or_log(progress)
     destination = bundle_path(out)
-    if destination.exists() and not overwrite:
+    if destination.exists() and not options.overwrite:
         raise BundleExistsError(f"{destination} already exists; pass overwrite=True (--force) to replace it")
 
+    resolved = resolve_step(model, options, say)
+    exported = export_step(resolved, options, say)
+    checked = check_step(resolved, exported, options, say)
+    lowered = precision_step(resolved, exported, checked, options, say)
+    crf = crf_step(resolved, exported, checked, options, say)
+    bundle = write_step(destination, resolved, exported, checked, lowered, crf, options, say)
+    return engine_step(bundle, options, say)
+
+
+def resolve_step(model: str | nn.Module, options: BuildOptions, say: Say) -> ResolvedModel:
+    """Step 1: the module to export, with its weights, classes and palette."""
     say("preparing the model")
-    resolved = resolve_model(
-        model,
-        classes=classes,
-        num_classes=num_classes,
-        input_size=input_size,
-        in_channels=in_channels,
-        weights=weights,
-        options=options,
-        dynamic=dynamic,
-        multiple_of=multiple_of,
-    )
-    if len(resolved.classes) > 256:
-        raise ConfigError(
-            f"{len(resolved.classes)} classes do not fit the uint8 mask (at most 256)"
-        )
+    return resolve_model(model, options.model)
+
+
+def export_step(resolved: ResolvedModel, options: BuildOptions, say: Say) -> Exported:
+    """Step 2: the FP32 graph with pre- and post-processing (every output kept for now)."""
+    given = options.model
     default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if resolved.in_channels == 3 else (GRAY_MEAN, GRAY_STD)
     spec = ExportSpec(
         input_size=resolved.input_size,
         in_channels=resolved.in_channels,
-        mean=tuple(float(v) for v in (mean if mean is not None else default_mean)),
-        std=tuple(float(v) for v in (std if std is not None else default_std)),
-        dynamic=dynamic,
-        multiple_of=resolved.multiple_of if dynamic else 1,
-        opset=opset,
+        mean=given.mean if given.mean is not None else default_mean,
+        std=given.std if given.std is not None else default_std,
+        dynamic=given.dynamic,
+        multiple_of=resolved.multiple_of if given.dynamic else 1,
+        opset=given.opset,
     )
-    colors = _palette(palette, len(resolved.classes))
-
-    say(f"exporting to ONNX (opset {opset}{', dynamic height/width' if dynamic else ''})")
-    full = onnx_from_module(resolved.module, spec)
-
-    say("checking parity with PyTorch in ONNX Runtime")
-    images, sample_source, skipped = _parity_images(samples, spec, num_samples)
-    parity = measure_parity(resolved.module, full, spec, images)
-    parity.update(
-        {
-            "precision": "fp32",
-            "backend": "onnxruntime-cpu",
-            "samples": int(len(images)),
-            "sample_source": sample_source,
-            "samples_skipped": skipped,
-            "min_agreement": fp32_min_agreement,
-            "trained": resolved.info.get("trained"),
-        }
-    )
-    if parity["agreement"] < fp32_min_agreement:
-        raise ParityError(
-            f"ONNX Runtime agrees with PyTorch on {parity['agreement']:.4%} of pixels, under "
-            f"min_agreement {fp32_min_agreement:.4%} (max abs logit error {parity['max_abs_error']:.3g}, "
-            f"mean {parity['mean_abs_error']:.3g}, over {len(images)} {sample_source} images); "
-            "nothing was written"
-        )
-
+    say(f"exporting to ONNX (opset {spec.opset}{', dynamic height/width' if spec.dynamic else ''})")
+    graph = onnx_from_module(resolved.module, spec)
     input_spec = InputSpec(
         size=spec.input_size,
         channels=spec.in_channels,
@@ -285,92 +208,162 @@ def build(
         dynamic=spec.dynamic,
         multiple_of=spec.multiple_of,
     )
-    lowered = None
-    if precision != "fp32":
-        if samples is not None:
-            eval_set: EvalSet | None = load_eval_set(
-                samples, input_spec, limit=max(num_samples, DEFAULT_EVAL_IMAGES), labels=labels,
-                label_format=label_format, ignore_index=ignore_index,
-            )
-        elif precision == "fp16":
-            eval_set = EvalSet(images, "generated")
-        else:
-            eval_set = None  # held out from the calibration set
-        lowered = lower_precision(
-            full, input_spec, precision, eval_set=eval_set, options=quant,
-            min_agreement=min_agreement, max_miou_drop=max_miou_drop, say=say,
-        )
-        say(f"checking the {precision} graph against PyTorch")
-        versus_torch = measure_parity(resolved.module, lowered.graph, spec, lowered.eval_set.images)
-        lowered.info["parity"] = {**lowered.parity(), "pytorch": versus_torch}
+    return Exported(spec, input_spec, graph)
 
+
+def check_step(resolved: ResolvedModel, exported: Exported, options: BuildOptions, say: Say) -> Checked:
+    """Step 3: the FP32 graph against PyTorch in ONNX Runtime.
+
+    Raises:
+        ParityError: the masks agree on fewer pixels than the target; nothing is written.
+    """
+    say("checking parity with PyTorch in ONNX Runtime")
+    check = options.check
+    target = options.parity_target()
+    images, sample_source, skipped = _parity_images(check.samples, exported.spec, check.num_samples)
+    parity = measure_parity(resolved.module, exported.graph, exported.spec, images)
+    parity.update(
+        {
+            "precision": "fp32",
+            "backend": "onnxruntime-cpu",
+            "samples": int(len(images)),
+            "sample_source": sample_source,
+            "samples_skipped": skipped,
+            "min_agreement": target,
+            "trained": resolved.info.get("trained"),
+        }
+    )
+    if parity["agreement"] < target:
+        raise ParityError(
+            f"ONNX Runtime agrees with PyTorch on {parity['agreement']:.4%} of pixels, under "
+            f"min_agreement {target:.4%} (max abs logit error {parity['max_abs_error']:.3g}, "
+            f"mean {parity['mean_abs_error']:.3g}, over {len(images)} {sample_source} images); "
+            "nothing was written"
+        )
+    return Checked(parity, images)
+
+
+def precision_step(
+    resolved: ResolvedModel, exported: Exported, checked: Checked, options: BuildOptions, say: Say
+) -> Lowered | None:
+    """Step 4: the FP16 or INT8 graph (None for FP32), judged against the FP32 graph and PyTorch.
+
+    Raises:
+        ParityError: the graph misses its target, even with layers kept in float.
+    """
+    precision, check = options.precision, options.check
+    if precision == "fp32":
+        return None
+    if check.samples is not None:
+        eval_set: EvalSet | None = load_eval_set(
+            check.samples, exported.input, limit=max(check.num_samples, DEFAULT_EVAL_IMAGES),
+            labels=check.labels, label_format=check.label_format, ignore_index=check.ignore_index,
+        )
+    elif precision == "fp16":
+        eval_set = EvalSet(checked.images, "generated")
+    else:
+        eval_set = None  # held out from the calibration set
+    lowered = lower_precision(
+        exported.graph, exported.input, precision, eval_set=eval_set, options=options.quant,
+        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop, say=say,
+    )
+    say(f"checking the {precision} graph against PyTorch")
+    versus_torch = measure_parity(resolved.module, lowered.graph, exported.spec, lowered.eval_set.images)
+    lowered.info["parity"] = {**lowered.parity(), "pytorch": versus_torch}
+    return lowered
+
+
+def crf_step(
+    resolved: ResolvedModel, exported: Exported, checked: Checked, options: BuildOptions, say: Say
+) -> CRFStage | None:
+    """Step 5: the dense CRF graph (None without one), checked against the NumPy reference."""
+    params = options.crf.crf_params()
+    mode = options.crf.mode
+    if params is None or mode is None:
+        return None
+    say(f"adding the dense CRF ({mode}, {params.iterations} iterations, window {params.window}, "
+        f"downsample {params.downsample})")
+    h, w = exported.spec.input_size
+    graph = crf_graph(params, len(resolved.classes), height=h, width=w, channels=exported.spec.in_channels)
+    agreement = _crf_parity(graph, resolved.module, exported.spec, checked.images[:2], params)
+    return CRFStage(mode, params, graph, agreement)
+
+
+def write_step(
+    destination: Path,
+    resolved: ResolvedModel,
+    exported: Exported,
+    checked: Checked,
+    lowered: Lowered | None,
+    crf: CRFStage | None,
+    options: BuildOptions,
+    say: Say,
+) -> Bundle:
+    """Step 6: the graphs (CRF fused where asked, only the wanted outputs) and the manifest."""
     say(f"writing {destination}")
-    files: dict[str, bytes] = {}
+    wanted = list(options.model.outputs)
+    if crf is not None and crf.mode == "separate" and "logits" not in wanted:
+        wanted.append("logits")  # the CRF stage reads the model's logits
+    graphs = {"fp32": exported.graph}
+    if lowered is not None:
+        graphs[lowered.precision] = lowered.graph
+    if crf is not None and crf.mode == "fused":
+        graphs = {precision: fuse_crf(graph, crf.graph) for precision, graph in graphs.items()}
+    files: dict[str, bytes] = {
+        GRAPH_FILES[precision]: select_outputs(graph, wanted).SerializeToString()
+        for precision, graph in graphs.items()
+    }
+    if crf is not None and crf.mode == "separate":
+        files[CRF_FILE] = crf.graph.SerializeToString()
+    if lowered is not None:
+        files.update(lowered.extra_files)
+    manifest = build_manifest(resolved, exported, checked, lowered, crf, options, wanted)
+    return write_bundle(destination, manifest, files, overwrite=options.overwrite)
+
+
+def build_manifest(
+    resolved: ResolvedModel,
+    exported: Exported,
+    checked: Checked,
+    lowered: Lowered | None,
+    crf: CRFStage | None,
+    options: BuildOptions,
+    outputs: list[str],
+) -> Manifest:
+    """The manifest of a new bundle: what was built, from what, and how well it matches."""
+    parity = dict(checked.parity)
     crf_info: dict[str, Any] | None = None
-    if params is not None:
-        h, w = spec.input_size
-        say(f"adding the dense CRF ({crf}, {params.iterations} iterations, window {params.window}, "
-            f"downsample {params.downsample})")
-        crf_model = crf_graph(params, len(resolved.classes), height=h, width=w, channels=spec.in_channels)
-        crf_info = {"mode": crf, "params": params.to_json()}
-        parity["crf_agreement"] = _crf_parity(crf_model, resolved.module, spec, images[:2], params)
-        if crf == "separate":
-            files["crf.onnx"] = crf_model.SerializeToString()
-            crf_info["graph"] = "crf.onnx"
-        else:
-            full = fuse_crf(full, crf_model)
-            if lowered is not None:
-                lowered.graph = fuse_crf(lowered.graph, crf_model)
-    final = select_outputs(full, wanted)
-    graphs = {"fp32": "model.onnx"}
+    if crf is not None:
+        parity["crf_agreement"] = crf.agreement
+        crf_info = {"mode": crf.mode, "params": crf.params.to_json()}
+        if crf.mode == "separate":
+            crf_info["graph"] = CRF_FILE
+    graphs = {"fp32": GRAPH_FILES["fp32"]}
     precisions: dict[str, dict[str, Any]] = {}
     if lowered is not None:
-        name = GRAPH_FILES[precision]
-        graphs[precision] = name
-        files[name] = select_outputs(lowered.graph, wanted).SerializeToString()
-        files.update(lowered.extra_files)
-        precisions[precision] = {"graph": name, **lowered.info}
-    manifest = Manifest(
+        name = GRAPH_FILES[lowered.precision]
+        graphs[lowered.precision] = name
+        precisions[lowered.precision] = {"graph": name, **lowered.info}
+    return Manifest(
         model=resolved.info,
         classes=tuple(resolved.classes),
-        palette=tuple(colors),
-        input=input_spec,
-        precision=precision,
-        opset=opset,
-        outputs=tuple(wanted),
+        palette=tuple(resolved.palette),
+        input=exported.input,
+        precision=options.precision,
+        opset=exported.spec.opset,
+        outputs=tuple(outputs),
         graphs=graphs,
         versions=_versions(),
         parity=parity,
         crf=crf_info,
         precisions=precisions,
     )
-    files["model.onnx"] = final.SerializeToString()
-    from converters.tensorrt import engine_for_build
-
-    return engine_for_build(
-        write_bundle(destination, manifest, files, overwrite=overwrite), target, engine, say=say
-    )
 
 
-def _crf_params(
-    crf: str | None, given: CRFParams | Mapping[str, Any] | None, dynamic: bool
-) -> CRFParams | None:
-    if crf is None:
-        if given is not None:
-            raise ConfigError("crf_params were given without crf='separate' or crf='fused'")
-        return None
-    if crf not in CRF_MODES:
-        raise ConfigError(f"crf must be one of {', '.join(CRF_MODES)} (or None), got {crf!r}")
-    if dynamic:
-        raise ConfigError("the CRF stage is built for one input size; it cannot be combined with dynamic=True")
-    if given is None or isinstance(given, CRFParams):
-        return given or CRFParams()
-    unknown = sorted(set(given) - set(CRFParams.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(
-            f"unknown crf_params {unknown}; valid: {', '.join(CRFParams.__dataclass_fields__)}"
-        )
-    return CRFParams(**given)
+def engine_step(bundle: Bundle, options: BuildOptions, say: Say) -> Bundle:
+    """Step 7: a TensorRT engine for this GPU when the target asks for one (see
+    :func:`converters.tensorrt.engine_for_build`)."""
+    return engine_for_build(bundle, options.target, options.engine, say=say)
 
 
 def fuse_crf(model: onnx.ModelProto, crf_model: onnx.ModelProto) -> onnx.ModelProto:
@@ -412,25 +405,19 @@ def _crf_parity(
     return float(np.mean(agree))
 
 
-def resolve_model(
-    model: str | nn.Module,
-    *,
-    classes: Sequence[str] | None,
-    num_classes: int | None,
-    input_size: tuple[int, int] | None,
-    in_channels: int | None,
-    weights: str | os.PathLike[str] | None,
-    options: Mapping[str, Any] | None,
-    dynamic: bool = False,
-    multiple_of: int | None = None,
-) -> ResolvedModel:
-    """Instantiates a zoo model (or takes a module), loads weights, probes classes."""
+def resolve_model(model: str | nn.Module, options: ModelOptions) -> ResolvedModel:
+    """Instantiates a zoo model (or takes a module), loads weights, probes classes, checks the palette.
+
+    Raises:
+        ConfigError: the options do not fit the model (the message names the option).
+        WeightsError: the weights cannot be read or do not fit.
+    """
     from edgeseg import models as zoo
 
-    channels = 3 if in_channels is None else in_channels
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}")
-    size = _check_size(input_size) if input_size is not None else None
+    channels = options.in_channels
+    size = options.input_size
+    classes, num_classes = options.classes, options.num_classes
+    multiple_of, weights = options.multiple_of, options.weights
 
     if isinstance(model, str):
         spec = zoo.get_spec(model)
@@ -441,13 +428,13 @@ def resolve_model(
             num_classes = DEFAULT_NUM_CLASSES
             log.info("no classes given: %s gets %d classes", model, num_classes)
         names = class_names(classes, num_classes)
-        opts = dict(options or {})
+        opts = dict(options.options or {})
         module = zoo.create_model(model, num_classes=len(names), in_channels=channels, **opts)
         resolved_opts = {**spec.options, **opts}
         info: dict[str, Any] = {"name": spec.name, "source": "zoo", "options": _jsonable(resolved_opts)}
         step = spec.multiple_of if multiple_of is None else multiple_of
     elif isinstance(model, nn.Module):
-        if options:
+        if options.options:
             raise ConfigError("options are for zoo models; configure your own module before build()")
         if size is None:
             raise ConfigError("input_size=(height, width) is required when building from a module")
@@ -464,9 +451,7 @@ def resolve_model(
         raise ConfigError(
             f"model must be a zoo model name or a torch.nn.Module, got {type(model).__name__}"
         )
-    if step < 1:
-        raise ConfigError(f"multiple_of must be >= 1, got {step}")
-    if dynamic and (size[0] % step or size[1] % step):
+    if options.dynamic and (size[0] % step or size[1] % step):
         raise ConfigError(
             f"input_size {size[0]}x{size[1]} is not a multiple of {step}, which the dynamic graph needs"
         )
@@ -480,14 +465,14 @@ def resolve_model(
                 f"weights {weights}: {len(report.missing)} missing keys "
                 f"{_few(report.missing)} and {len(report.unexpected)} unexpected keys "
                 f"{_few(report.unexpected)}; {report.loaded} tensors loaded",
-                stacklevel=3,
+                stacklevel=4,
             )
     elif info["source"] == "zoo":
         info["trained"] = False
         warnings.warn(
             f"{info['name']} has no weights: the network is untrained (fine for latency, "
             "not for accuracy); pass weights=PATH (--weights)",
-            stacklevel=3,
+            stacklevel=4,
         )
     else:
         info["trained"] = None  # the user's module: we cannot tell
@@ -501,7 +486,9 @@ def resolve_model(
         raise ConfigError(
             f"the model outputs {found} classes but {len(names)} class names were given"
         )
-    return ResolvedModel(module, info, size, channels, step, names)
+    if len(names) > 256:
+        raise ConfigError(f"{len(names)} classes do not fit the uint8 mask (at most 256)")
+    return ResolvedModel(module, info, size, channels, step, names, _palette(options.palette, len(names)))
 
 
 def measure_parity(
@@ -542,38 +529,13 @@ def _parity_images(
     return images, str(samples), skipped
 
 
-def _check_outputs(outputs: Sequence[str]) -> list[str]:
-    if isinstance(outputs, str):
-        outputs = [outputs]
-    unknown = [o for o in outputs if o not in GRAPH_OUTPUTS]
-    if unknown:
-        raise ConfigError(f"unknown outputs {unknown}; valid: {', '.join(GRAPH_OUTPUTS)}")
-    wanted = ["mask"] + [o for o in GRAPH_OUTPUTS[1:] if o in outputs]
-    return wanted
-
-
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"input_size must be (height, width), got {size!r}") from err
-    if h <= 0 or w <= 0 or any(isinstance(s, bool) for s in size):
-        raise ConfigError(f"input_size must be positive (height, width), got {size!r}")
-    return (h, w)
-
-
-def _palette(palette: Sequence[Sequence[int]] | None, n: int) -> list[tuple[int, int, int]]:
+def _palette(palette: tuple[tuple[int, int, int], ...] | None, n: int) -> list[tuple[int, int, int]]:
+    """The palette for ``n`` classes (its entries were checked by ModelOptions)."""
     if palette is None:
         return default_palette(n)
-    colors = []
-    for i, c in enumerate(palette):
-        rgb = tuple(int(v) for v in c)
-        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-            raise ConfigError(f"palette entry {i} is {c!r}; expected [r, g, b] with values 0..255")
-        colors.append((rgb[0], rgb[1], rgb[2]))
-    if len(colors) != n:
-        raise ConfigError(f"palette has {len(colors)} colours for {n} classes")
-    return colors
+    if len(palette) != n:
+        raise ConfigError(f"palette has {len(palette)} colours for {n} classes")
+    return list(palette)
 
 
 def _versions() -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,56 +19,19 @@ import numpy as np
 import onnx
 
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
-from calibration.quantize import (
-    DEFAULT_METHOD,
-    METHODS,
-    PLACEMENTS,
-    collect_statistics,
-    quantize,
-    quantized_nodes,
-)
+from calibration.quantize import collect_statistics, quantize, quantized_nodes
+from converters.options import CALIBRATE_CHECK, DEFAULT_EVAL_IMAGES, CheckOptions, QuantOptions
 from edgeseg.bundle import InputSpec
 from edgeseg.errors import ConfigError, ParityError
+from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
+from edgeseg.progress import Count, Say, say_or_log
 from edgeseg.runtime.frames import load_frames
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str], None]
-
-DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "int8": 0.99}
-DEFAULT_CALIB_SIZE = 200
-DEFAULT_EVAL_IMAGES = 16
 MIN_CALIBRATION_IMAGES = 8
-DEFAULT_PLACEMENT = "cpu"
-# The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
-DEFAULT_TRT_CACHE_VERSION = "10.3.0"
 GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 TRT_CACHE_FILE = "calibration.cache"
-
-
-@dataclass(frozen=True)
-class QuantOptions:
-    """How to make the INT8 graph (the API's and the CLI's options)."""
-
-    calib: str | os.PathLike[str] | None = None
-    calib_size: int = DEFAULT_CALIB_SIZE
-    seed: int = 0
-    method: str = DEFAULT_METHOD
-    placement: str = DEFAULT_PLACEMENT
-    mixed_precision: bool = True
-    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION
-
-    def check(self) -> None:
-        if self.calib is None:
-            raise ConfigError(
-                "int8 needs a calibration set: calib=PATH (--calib), a folder of images, a video or an .npz"
-            )
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
-        if self.calib_size < 1:
-            raise ConfigError(f"calib_size must be >= 1, got {self.calib_size}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +144,7 @@ def lower_precision(
         ConfigError: a bad option or calibration set.
         ParityError: the graph misses the target (with mixed precision too); nothing is kept.
     """
-    tell = say or (lambda message: log.info("%s", message))
+    tell = say_or_log(say)
     if precision not in ("fp16", "int8"):
         raise ConfigError(f"lower precision must be 'fp16' or 'int8', got {precision!r}")
     target = Target(
@@ -192,7 +155,7 @@ def lower_precision(
     if precision == "fp16":
         return _fp16(graph, eval_set, target, tell)
     opts = options or QuantOptions()
-    opts.check()
+    opts.require_calib()
     return _int8(graph, spec, eval_set, opts, target, tell)
 
 
@@ -222,12 +185,12 @@ def _int8(
     from calibration.sets import load_calibration_set
     from calibration.tensorrt_cache import cache_from_ranges
 
-    assert opts.calib is not None
+    source = opts.require_calib()
     held_out = eval_set is None
     extra = DEFAULT_EVAL_IMAGES if held_out else 0
-    tell(f"reading the calibration set {opts.calib}")
+    tell(f"reading the calibration set {source}")
     calib = load_calibration_set(
-        opts.calib, spec, size=opts.calib_size + extra, seed=opts.seed,
+        source, spec, size=opts.calib_size + extra, seed=opts.seed,
         progress=_every("calibration images", tell),
     )
     images = calib.images
@@ -235,13 +198,13 @@ def _int8(
         keep = min(MIN_CALIBRATION_IMAGES, opts.calib_size)
         if len(images) - extra < keep:
             raise ConfigError(
-                f"calibration set {opts.calib}: {len(images)} usable images are too few to hold "
+                f"calibration set {source}: {len(images)} usable images are too few to hold "
                 f"{extra} out for evaluation and calibrate on at least {keep}; give samples=DIR "
                 "(--samples) to evaluate on, or a source with more images"
             )
         picks = set(np.linspace(0, len(images) - 1, extra).round().astype(int).tolist())
         eval_set = EvalSet(
-            images[sorted(picks)], f"{opts.calib} (held out from calibration)",
+            images[sorted(picks)], f"{source} (held out from calibration)",
             [calib.picked[i] for i in sorted(picks)] if len(calib.picked) == len(images) else [],
         )
         images = images[[i for i in range(len(images)) if i not in picks]]
@@ -310,8 +273,8 @@ def _enforce(
     )
 
 
-def _every(what: str, tell: Say, step: int = 25) -> Callable[[int, int], None]:
-    def progress(done: int, total: int) -> None:
+def _every(what: str, tell: Say, step: int = 25) -> Count:
+    def progress(done: int, total: int | None) -> None:
         if done == total or done % step == 0:
             tell(f"{what}: {done}/{total}")
 
@@ -325,57 +288,60 @@ def graph_files(precisions: Sequence[str]) -> dict[str, str]:
 
 def calibrate_bundle(
     bundle: str | os.PathLike[str],
-    calib: str | os.PathLike[str],
+    calib: str | os.PathLike[str] | None = None,
     *,
-    calib_size: int = DEFAULT_CALIB_SIZE,
-    seed: int = 0,
-    method: str = DEFAULT_METHOD,
-    placement: str = DEFAULT_PLACEMENT,
-    mixed_precision: bool = True,
-    samples: str | os.PathLike[str] | None = None,
-    labels: str | os.PathLike[str] | None = None,
-    label_format: str = "auto",
-    ignore_index: int | None = None,
-    num_samples: int = DEFAULT_EVAL_IMAGES,
-    min_agreement: float | None = None,
-    max_miou_drop: float | None = None,
+    quant: QuantOptions | None = None,
+    check: CheckOptions | None = None,
     make_default: bool = True,
-    trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION,
     progress: Say | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Adds (or replaces) the INT8 graph of an existing bundle, calibrated on ``calib``.
 
     The bundle's FP32 graph is quantized and judged against itself in ONNX
-    Runtime (on ``samples``, or on frames of ``calib`` held out from
+    Runtime (on ``check.samples``, or on frames of ``calib`` held out from
     calibration). The bundle is rewritten atomically with ``model.int8.onnx``
     and ``calibration.cache`` added; with ``make_default`` it runs INT8 by default.
+
+    Args:
+        bundle: the bundle to add the INT8 graph to.
+        calib: the calibration set (or give it as ``quant.calib``).
+        quant: how the INT8 graph is made (default: :class:`QuantOptions`'s defaults).
+        check: the images it is judged on and its targets (default:
+            :data:`converters.options.CALIBRATE_CHECK`, 16 images).
+        make_default: the bundle runs INT8 by default afterwards.
+        progress: called with a short message as each step starts.
+        **kwargs: instead of ``quant``/``check``, their fields by name (``calib_size``,
+            ``seed``, ``method``, ``placement``, ``mixed_precision``, ``trt_cache_version``;
+            ``samples``, ``labels``, ``label_format``, ``ignore_index``, ``num_samples``,
+            ``min_agreement``, ``max_miou_drop``).
 
     Returns:
         The rewritten, verified :class:`edgeseg.bundle.Bundle`.
 
     Raises:
         BundleError: the bundle is missing, altered or has no FP32 graph.
-        ConfigError: a bad option or calibration set.
+        ConfigError: a bad option or calibration set, an unknown keyword, or ``quant``
+            or ``check`` together with their fields as keywords.
         ParityError: the INT8 graph misses the target; the bundle is left as it was.
     """
     from edgeseg.bundle import Bundle, Manifest, write_bundle
 
-    say = progress or (lambda message: log.info("%s", message))
-    if labels is not None and samples is None:
-        raise ConfigError("labels need samples=DIR (--samples): the images they label")
+    say = say_or_log(progress)
+    quant, check = _calibrate_options(calib, quant, check, kwargs)
+    samples = check.samples
     loaded = Bundle.load(bundle)
     manifest = loaded.manifest
     graph = onnx.load(str(loaded.graph("fp32")))
     eval_set = None
     if samples is not None:
         eval_set = load_eval_set(
-            samples, manifest.input, limit=num_samples, labels=labels, label_format=label_format,
-            ignore_index=ignore_index,
+            samples, manifest.input, limit=check.num_samples, labels=check.labels,
+            label_format=check.label_format, ignore_index=check.ignore_index,
         )
-    opts = QuantOptions(calib, calib_size, seed, method, placement, mixed_precision, trt_cache_version)
     lowered = lower_precision(
-        graph, manifest.input, "int8", eval_set=eval_set, options=opts,
-        min_agreement=min_agreement, max_miou_drop=max_miou_drop, say=say,
+        graph, manifest.input, "int8", eval_set=eval_set, options=quant,
+        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop, say=say,
     )
     lowered.info["parity"] = lowered.parity()
     name = GRAPH_FILES["int8"]
@@ -394,3 +360,34 @@ def calibrate_bundle(
     )
     say(f"writing {loaded.path}")
     return write_bundle(loaded.path, updated, files, overwrite=True)
+
+
+def _calibrate_options(
+    calib: str | os.PathLike[str] | None,
+    quant: QuantOptions | None,
+    check: CheckOptions | None,
+    kwargs: dict[str, Any],
+) -> tuple[QuantOptions, CheckOptions]:
+    """``calibrate_bundle``'s options objects, from the objects or from their fields as keywords."""
+    groups: dict[str, tuple[type[QuantOptions] | type[CheckOptions], Any]] = {
+        "quant": (QuantOptions, quant),
+        "check": (CheckOptions, check),
+    }
+    owner = {f: name for name, (cls, _) in groups.items() for f in cls.__dataclass_fields__}
+    unknown = sorted(set(kwargs) - set(owner))
+    if unknown:
+        raise ConfigError(f"unknown calibrate options {unknown}; valid: {', '.join(owner)}")
+    for name, (_, given) in groups.items():
+        mixed = sorted(k for k in kwargs if owner[k] == name)
+        if given is not None and mixed:
+            raise ConfigError(f"give {name}= or its fields {mixed} as keywords, not both")
+    quant = quant or QuantOptions.from_mapping({k: v for k, v in kwargs.items() if owner[k] == "quant"})
+    check = check or CheckOptions.from_mapping(
+        {k: v for k, v in kwargs.items() if owner[k] == "check"}, base=CALIBRATE_CHECK
+    )
+    if calib is not None:
+        if quant.calib is not None and quant.calib != calib:
+            raise ConfigError(f"calib {calib} and quant.calib {quant.calib} differ; give one")
+        quant = QuantOptions.from_mapping({"calib": calib}, base=quant)
+    quant.require_calib()
+    return quant, check

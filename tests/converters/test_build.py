@@ -17,16 +17,16 @@ from tests.conftest import tiny_module
 
 def test_manifest_records_what_was_built(tiny_bundle: Path) -> None:
     m = edgeseg.Bundle.load(tiny_bundle).manifest
-    assert m.model["source"] == "module" and m.model["name"] == "Tiny"
+    assert m.model.source == "module" and m.model.name == "Tiny"
     assert m.classes == ("sky", "road", "car", "person")
     assert m.input.size == (64, 96) and m.input.channels == 3 and not m.input.dynamic
     assert m.outputs == ("mask", "probs", "logits")
     assert m.opset == 19 and m.precision == "fp32"
     assert {"torch", "onnx", "onnxruntime", "edgeseg"} <= set(m.versions)
     p = m.parity
-    assert p["samples"] == 8 and p["sample_source"] == "generated"
-    assert 0 <= p["max_abs_error"] < 1e-4 and p["agreement"] >= 0.9999
-    assert p["min_agreement"] == 0.999
+    assert p is not None and p.samples == 8 and p.sample_source == "generated"
+    assert p.max_abs_error is not None and 0 <= p.max_abs_error < 1e-4 and p.agreement >= 0.9999
+    assert p.min_agreement == 0.999
 
 
 def test_torchvision_model_deploys_unchanged(tmp_path: Path) -> None:
@@ -41,10 +41,11 @@ def test_torchvision_model_deploys_unchanged(tmp_path: Path) -> None:
     bundle = edgeseg.build(
         fresh, tmp_path / "tv", input_size=(96, 128), classes=list("abcde"), weights=ckpt, num_samples=3
     )
-    assert bundle.manifest.model["class"].endswith("DeepLabV3")
-    assert bundle.manifest.model["weights"]["file"] == "user.pth"
-    assert bundle.manifest.parity["agreement"] >= 0.9999
-    assert bundle.manifest.parity["max_abs_error"] < 1e-4
+    model, parity = bundle.manifest.model, bundle.manifest.parity
+    assert model.class_name is not None and model.class_name.endswith("DeepLabV3")
+    assert model.weights is not None and model.weights.file == "user.pth"
+    assert parity is not None and parity.agreement >= 0.9999
+    assert parity.max_abs_error is not None and parity.max_abs_error < 1e-4
     frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     x = (torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -74,8 +75,8 @@ def test_samples_folder_is_used_and_bad_files_counted(tmp_path: Path) -> None:
     (folder / "broken.png").write_bytes(b"not a png")
     bundle = edgeseg.build(tiny_module(), tmp_path / "b", input_size=(32, 32), num_classes=4, samples=folder)
     parity = bundle.manifest.parity
-    assert parity["samples"] == 3 and parity["samples_skipped"] == 1
-    assert parity["sample_source"] == str(folder)
+    assert parity is not None and parity.samples == 3 and parity.samples_skipped == 1
+    assert parity.sample_source == str(folder)
 
 
 def test_module_weights_are_loaded(tmp_path: Path) -> None:
@@ -108,12 +109,20 @@ def test_module_weights_are_loaded(tmp_path: Path) -> None:
         ({"palette": [[0, 0, 0, 0]] * 4}, ConfigError, "palette entry 0"),
         ({"dynamic": True, "input_size": (30, 32)}, ConfigError, "not a multiple of 32"),
         ({"samples": "/nonexistent/frames"}, ConfigError, "samples folder /nonexistent/frames does not exist"),
+        ({"multiple_of": 0}, ConfigError, "multiple_of must be >= 1, got 0"),
+        ({"num_samples": 0}, ConfigError, "num_samples must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs, error, message: str) -> None:  # type: ignore[no-untyped-def]
     args = {"input_size": (32, 32), **kwargs}
     with pytest.raises(error, match=message):
         edgeseg.build(tiny_module(), tmp_path / "b", **args)
+    assert not (tmp_path / "b.edgeseg").exists()
+
+
+def test_too_many_classes_for_the_mask(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="300 classes do not fit the uint8 mask"):
+        edgeseg.build(tiny_module(num_classes=300), tmp_path / "b", input_size=(16, 16))
     assert not (tmp_path / "b.edgeseg").exists()
 
 
@@ -136,3 +145,20 @@ def test_grayscale_module(tmp_path: Path) -> None:
     assert data["input"]["mean"] == [0.449]
     with edgeseg.Segmenter(bundle.path) as seg:
         assert seg(np.zeros((40, 40, 3), np.uint8)).mask.shape == (40, 40)
+
+
+def test_options_object_or_keywords(tmp_path: Path) -> None:
+    """build() takes its options as keywords or as one BuildOptions (config=), not both."""
+    from converters.options import BuildOptions
+
+    config = BuildOptions.from_kwargs(input_size=(32, 32), num_classes=4, num_samples=1, outputs=["mask", "probs"])
+    bundle = edgeseg.build(tiny_module(), tmp_path / "c", config=config)
+    parity = bundle.manifest.parity
+    assert bundle.manifest.outputs == ("mask", "probs") and parity is not None and parity.samples == 1
+    with pytest.raises(ConfigError, match=r"give config=BuildOptions\(...\) or keyword options, not both \(got config and num_samples\)"):
+        edgeseg.build(tiny_module(), tmp_path / "d", config=config, num_samples=2)
+    with pytest.raises(ConfigError, match="config must be a BuildOptions, got dict"):
+        edgeseg.build(tiny_module(), tmp_path / "d", config={"num_samples": 2})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"unknown build options \['colour'\]; valid: precision"):
+        edgeseg.build(tiny_module(), tmp_path / "d", input_size=(32, 32), colour="red")
+    assert not (tmp_path / "d.edgeseg").exists()
