@@ -16,14 +16,30 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from converters.options import (
+    CALIBRATE_CHECK,
+    DEFAULT_NUM_CLASSES,
+    METHODS,
+    PLACEMENTS,
+    BuildOptions,
+    CheckOptions,
+    ModelOptions,
+    QuantOptions,
+    group_kwargs,
+)
+from converters.tensorrt import DEFORM_MODES, TARGETS, EngineConfig
 from edgeseg import __version__
+from edgeseg.bundle import CRF_MODES, PRECISIONS
 from edgeseg.errors import ConfigError, EdgesegError, SourceError
+from edgeseg.labels import LABEL_FORMATS
+from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 
 log = logging.getLogger("edgeseg")
 
@@ -136,20 +152,36 @@ def _option_group(*options: Any) -> Callable[[Any], Any]:
     return apply
 
 
-# The INT8 options shared by ``build`` and ``calibrate`` (unset ones take the API's defaults).
+# Each option's name (click's parameter name) is its keyword of edgeseg.build(), so the commands
+# hand what the user set to converters.options as it is; unset ones take the API's defaults. The
+# defaults the help shows are read from the options' definitions in converters.options.
+_MODEL, _CHECK, _QUANT, _ENGINE, _BUILD = ModelOptions(), CheckOptions(), QuantOptions(), EngineConfig(), BuildOptions()
+
+# build() options that `edgeseg build` has no flag for (tests/test_cli.py holds every other
+# BuildOptions field, and every EngineConfig field, to a flag).
+API_ONLY = ("palette", "multiple_of", "timing_cache")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+# The INT8 options shared by ``build`` and ``calibrate``.
 _int8_options = _option_group(
     click.option("--calib", type=click.Path(path_type=Path), default=None,
                  help="INT8 calibration set: a folder of images (recursive), a video or an .npz."),
-    click.option("--calib-size", type=int, default=None, help="Frames of --calib to use [200], spread evenly."),
-    click.option("--seed", type=int, default=None, help="Seed of the calibration frame pick [0]."),
-    click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
-                 help="Calibration method [entropy]."),
-    click.option("--placement", type=click.Choice(["cpu", "tensorrt"]), default=None,
-                 help="Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [cpu]."),
+    click.option("--calib-size", type=int, default=None,
+                 help=f"Frames of --calib to use [{_QUANT.calib_size}], spread evenly."),
+    click.option("--seed", "calib_seed", type=int, default=None,
+                 help=f"Seed of the calibration frame pick [{_QUANT.seed}]."),
+    click.option("--method", type=click.Choice(METHODS), default=None,
+                 help=f"Calibration method [{_QUANT.method}]."),
+    click.option("--placement", type=click.Choice(PLACEMENTS), default=None,
+                 help=f"Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [{_QUANT.placement}]."),
     click.option("--mixed-precision/--no-mixed-precision", default=None,
-                 help="Keep the most sensitive layers in float until the target holds [on]."),
+                 help=f"Keep the most sensitive layers in float until the target holds [{_on(_QUANT.mixed_precision)}]."),
     click.option("--trt-cache-version", default=None,
-                 help="TensorRT version in the legacy calibration cache's header [10.3.0]."),
+                 help=f"TensorRT version in the legacy calibration cache's header [{_QUANT.trt_cache_version}]."),
 )
 
 
@@ -157,19 +189,19 @@ _int8_options = _option_group(
 _label_options = _option_group(
     click.option("--labels", type=click.Path(path_type=Path), default=None,
                  help="Labels of --samples (matched by name): enables --max-miou-drop."),
-    click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]),
-                 default="auto", show_default=True),
+    click.option("--label-format", type=click.Choice(LABEL_FORMATS),
+                 default=_CHECK.label_format, show_default=True),
     click.option("--ignore-index", type=int, default=None,
                  help="Label id left out of the mIoU (CamVid: 11)."),
 )
 
 
-# TensorRT engine options shared by ``build`` and ``engine`` (unset ones take the API's defaults).
+# TensorRT engine options shared by ``build`` and ``engine``: each named as its EngineConfig field.
 _engine_options = _option_group(
     click.option("--workspace-mb", type=int, default=None,
                  help="TensorRT workspace memory limit in MiB [TensorRT's default: the GPU's memory]."),
     click.option("--opt-level", type=click.IntRange(0, 5), default=None,
-                 help="Builder optimisation level 0..5 [3]; higher builds longer, may run faster."),
+                 help=f"Builder optimisation level 0..5 [{_ENGINE.opt_level}]; higher builds longer, may run faster."),
     click.option("--dla-core", type=int, default=None,
                  help="Build for this DLA core with GPU fallback (Jetson Orin; fp16/int8, static shapes)."),
     click.option("--min-shape", default=None, callback=_size_callback,
@@ -178,24 +210,31 @@ _engine_options = _option_group(
                  help="HxW TensorRT tunes for [the input size]."),
     click.option("--max-shape", default=None, callback=_size_callback,
                  help="Largest HxW of the engine's profile [twice the input size]."),
-    click.option("--deform-conv", type=click.Choice(["native", "plugin"]), default=None,
+    click.option("--deform-conv", type=click.Choice(DEFORM_MODES), default=None,
                  help="Deformable convs: TensorRT's built-in DeformConv, or edgeseg's plugin "
-                      "(libedgeseg_plugins.so) [native]."),
+                      f"(libedgeseg_plugins.so) [{_ENGINE.deform_conv}]."),
     click.option("--plugin-library", type=click.Path(path_type=Path), default=None,
                  help="The plugin library for --deform-conv plugin [the bundle's own]."),
 )
 
 
-def _engine_config(**values: Any) -> dict[str, Any]:
-    """The engine options the user set, as ``EngineConfig`` fields."""
-    names = {"workspace_mb", "opt_level", "dla_core", "min_shape", "opt_shape", "max_shape",
-             "deform_conv", "plugin_library"}
-    return {k: v for k, v in values.items() if k in names and v is not None}
+def _engine_config(values: dict[str, Any]) -> EngineConfig:
+    """The engine options among ``values`` (taken out of it; their names are EngineConfig's fields)."""
+    names = [f.name for f in fields(EngineConfig)]
+    return EngineConfig.from_mapping({k: values.pop(k) for k in names if k in values})
 
 
 def _given(**values: Any) -> dict[str, Any]:
     """The options the user set (the API supplies the defaults of the others)."""
-    return {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+def _say(message: str) -> None:
+    """Progress of a long command, on stderr."""
+    click.echo(f"[edgeseg] {message}", err=True)
+
+
+_AGREEMENT = DEFAULT_MIN_AGREEMENT
 
 
 @cli.command("build")
@@ -204,78 +243,43 @@ def _given(**values: Any) -> dict[str, Any]:
               help="Bundle directory [default: MODEL.edgeseg].")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="State dict or checkpoint (.pth), loaded with weights_only=True.")
-@click.option("--num-classes", type=int, default=None, help="Number of classes [default: 21].")
-@click.option("--classes", "classes_file", type=click.Path(path_type=Path), default=None,
+@click.option("--num-classes", type=int, default=None, help=f"Number of classes [default: {DEFAULT_NUM_CLASSES}].")
+@click.option("--classes", "classes", type=click.Path(path_type=Path), default=None,
               help="Text file with one class name per line.")
 @click.option("--input-size", default=None, callback=_size_callback, help="HxW [default: the model's].")
-@click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--in-channels", type=click.Choice(["1", "3"]), default=str(_MODEL.in_channels), show_default=True)
 @click.option("--mean", default=None, help="Comma-separated per-channel mean, 0..1 [ImageNet].")
 @click.option("--std", default=None, help="Comma-separated per-channel std, 0..1 [ImageNet].")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. -o backbone=resnet50).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_BUILD.precision, show_default=True,
               help="fp16: FP16 graph, I/O and sensitive ops FP32; int8: explicit Q/DQ from --calib.")
-@click.option("--outputs", default="mask", show_default=True,
+@click.option("--outputs", default=",".join(_MODEL.outputs), show_default=True,
               help="Comma-separated graph outputs: mask plus probs and/or logits.")
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Folder of images for the parity checks [default: generated images; for int8, "
                    "frames held out of --calib].")
 @_label_options
-@click.option("--num-samples", type=int, default=8, show_default=True)
+@click.option("--num-samples", type=int, default=_CHECK.num_samples, show_default=True)
 @click.option("--min-agreement", type=float, default=None,
-              help="Fail when masks agree on fewer pixels: fp32 vs PyTorch [0.999], fp16/int8 vs fp32 "
-                   "[0.995/0.99].")
+              help=f"Fail when masks agree on fewer pixels: fp32 vs PyTorch [{_AGREEMENT['fp32']}], fp16/int8 vs fp32 "
+                   f"[{_AGREEMENT['fp16']}/{_AGREEMENT['int8']}].")
 @click.option("--max-miou-drop", type=float, default=None,
               help="fp16/int8: mIoU points the graph may lose against fp32 (needs --labels).")
 @_int8_options
 @click.option("--dynamic", is_flag=True, help="Symbolic height and width.")
-@click.option("--opset", type=int, default=19, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing bundle.")
-@click.option("--crf", "crf_mode", type=click.Choice(["none", "separate", "fused"]), default="none",
+@click.option("--opset", type=int, default=_MODEL.opset, show_default=True)
+@click.option("--force", "overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option("--crf", "crf", type=click.Choice(["none", *CRF_MODES]), default="none",
               show_default=True, help="Add the dense CRF: its own graph (switchable at run time) or fused.")
-@click.option("--crf-param", "crf_settings", multiple=True, metavar="KEY=VALUE",
+@click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
               help="CRF setting, repeatable: iterations, window, downsample, w_bilateral, theta_alpha, "
                    "theta_beta, w_gaussian, theta_gamma.")
-@click.option("--target", type=click.Choice(["auto", "tensorrt", "cpu"]), default="auto", show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default=_BUILD.target, show_default=True,
               help="tensorrt: also build a TensorRT engine for this GPU; cpu: ONNX graphs only; auto: "
                    "an engine when this machine has a GPU and TensorRT.")
 @_engine_options
-def build_cmd(
-    model_name: str,
-    out: Path | None,
-    weights: Path | None,
-    num_classes: int | None,
-    classes_file: Path | None,
-    input_size: tuple[int, int] | None,
-    in_channels: str,
-    mean: str | None,
-    std: str | None,
-    options: tuple[str, ...],
-    precision: str,
-    outputs: str,
-    samples: Path | None,
-    labels: Path | None,
-    label_format: str,
-    ignore_index: int | None,
-    num_samples: int,
-    min_agreement: float | None,
-    max_miou_drop: float | None,
-    dynamic: bool,
-    opset: int,
-    force: bool,
-    crf_mode: str,
-    crf_settings: tuple[str, ...],
-    target: str,
-    workspace_mb: int | None,
-    opt_level: int | None,
-    dla_core: int | None,
-    min_shape: tuple[int, int] | None,
-    opt_shape: tuple[int, int] | None,
-    max_shape: tuple[int, int] | None,
-    deform_conv: str | None,
-    plugin_library: Path | None,
-    **int8: Any,
-) -> None:
+def build_cmd(model_name: str, out: Path | None, **given: Any) -> None:
     """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/ (and an engine)."""
     from edgeseg._lazy import import_build_module
 
@@ -283,56 +287,46 @@ def build_cmd(
     from edgeseg import models as zoo
 
     spec = zoo.get_spec(model_name)
-    parsed: dict[str, Any] = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--option {item!r} is not KEY=VALUE")
-        parsed[key.strip()] = zoo.parse_option(key.strip(), spec, value.strip())
-    classes = _read_classes(classes_file) if classes_file else None
+
+    def zoo_options(items: tuple[str, ...]) -> dict[str, Any]:
+        parsed: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--option {item!r} is not KEY=VALUE")
+            parsed[key.strip()] = zoo.parse_option(key.strip(), spec, value.strip())
+        return parsed
+
+    # the flags whose text build() takes in another form; the others pass as they are
+    parse: dict[str, Callable[[Any], Any]] = {
+        "options": zoo_options,
+        "classes": _read_classes,
+        "in_channels": int,
+        "mean": lambda text: _floats(text, "--mean"),
+        "std": lambda text: _floats(text, "--std"),
+        "outputs": lambda text: [o.strip() for o in text.split(",") if o.strip()],
+        "crf": lambda mode: None if mode == "none" else mode,
+        "crf_params": _crf_settings,
+    }
+    values = {k: parse[k](v) if k in parse else v for k, v in _given(**given).items()}
+    config = BuildOptions.from_kwargs(**values, engine=_engine_config(values))
     start = time.perf_counter()
     bundle = builder.build(
-        model_name,
-        out if out is not None else Path(f"{model_name}.edgeseg"),
-        classes=classes,
-        num_classes=num_classes,
-        input_size=input_size,
-        in_channels=int(in_channels),
-        mean=_floats(mean, "--mean"),
-        std=_floats(std, "--std"),
-        precision=precision,
-        weights=weights,
-        options=parsed,
-        outputs=[o.strip() for o in outputs.split(",") if o.strip()],
-        samples=samples,
-        labels=labels,
-        label_format=label_format,
-        ignore_index=ignore_index,
-        num_samples=num_samples,
-        min_agreement=min_agreement,
-        max_miou_drop=max_miou_drop,
-        **_given(**{("calib_seed" if k == "seed" else k): v for k, v in int8.items()}),
-        dynamic=dynamic,
-        opset=opset,
-        overwrite=force,
-        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
-        crf=None if crf_mode == "none" else crf_mode,
-        crf_params=_crf_settings(crf_settings) if crf_settings else None,
-        target=target,
-        engine=_engine_config(
-            workspace_mb=workspace_mb, opt_level=opt_level, dla_core=dla_core, min_shape=min_shape,
-            opt_shape=opt_shape, max_shape=max_shape, deform_conv=deform_conv,
-            plugin_library=plugin_library,
-        ) or None,
+        model_name, out if out is not None else Path(f"{model_name}.edgeseg"), config=config, progress=_say
     )
     parity = bundle.manifest.parity
     size = bundle.path.joinpath("model.onnx").stat().st_size
-    click.echo(
+    summary = (
         f"built {bundle.path} in {time.perf_counter() - start:.1f}s: {model_name}, "
         f"{len(bundle.manifest.classes)} classes, {'x'.join(map(str, bundle.manifest.input.size))}, "
-        f"{size / 1e6:.1f} MB; parity: agreement {parity['agreement']:.4%}, "
-        f"max abs logit error {parity['max_abs_error']:.2e} (logits up to {parity['max_abs_logit']:.3g})"
+        f"{size / 1e6:.1f} MB"
     )
+    if parity is not None:  # a build always measures it
+        summary += (
+            f"; parity: agreement {parity.agreement:.4%}, max abs logit error {parity.max_abs_error:.2e} "
+            f"(logits up to {parity.max_abs_logit:.3g})"
+        )
+    click.echo(summary)
     for line in _precision_lines(bundle.manifest):
         click.echo(line)
     for line in _engine_lines(bundle.manifest):
@@ -348,7 +342,7 @@ def _engine_lines(manifest: Any) -> list[str]:
 
 @cli.command("engine")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Which of the bundle's graphs [the bundle's precision].")
 @_engine_options
 def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
@@ -356,10 +350,7 @@ def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
     from converters.tensorrt import add_engine
 
     start = time.perf_counter()
-    updated = add_engine(
-        bundle, precision, _engine_config(**options),
-        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
-    )
+    updated = add_engine(bundle, precision, _engine_config(_given(**options)), progress=_say)
     click.echo(f"added an engine to {updated.path} in {time.perf_counter() - start:.1f}s")
     for line in _engine_lines(updated.manifest):
         click.echo(line)
@@ -489,44 +480,27 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Images to judge the INT8 graph on [default: frames held out of --calib].")
 @_label_options
-@click.option("--num-samples", type=int, default=16, show_default=True)
+@click.option("--num-samples", type=int, default=CALIBRATE_CHECK.num_samples, show_default=True)
 @click.option("--min-agreement", type=float, default=None,
-              help="Pixel agreement with the fp32 graph the INT8 graph must reach [0.99].")
+              help=f"Pixel agreement with the fp32 graph the INT8 graph must reach [{_AGREEMENT['int8']}].")
 @click.option("--max-miou-drop", type=float, default=None, help="mIoU points INT8 may lose (needs --labels).")
 @click.option("--keep-precision", is_flag=True,
               help="Keep the bundle's default precision (otherwise it runs int8 by default).")
-def calibrate_cmd(
-    bundle: Path,
-    samples: Path | None,
-    labels: Path | None,
-    label_format: str,
-    ignore_index: int | None,
-    num_samples: int,
-    min_agreement: float | None,
-    max_miou_drop: float | None,
-    keep_precision: bool,
-    **int8: Any,
-) -> None:
+def calibrate_cmd(bundle: Path, keep_precision: bool, **given: Any) -> None:
     """Add an INT8 graph (explicit Q/DQ) to a bundle, calibrated on --calib."""
-    calib = int8.pop("calib")
-    if calib is None:
+    values = _given(**given)
+    if "calib" not in values:
         raise click.UsageError("--calib is required: a folder of images, a video or an .npz")
     from converters.precision import calibrate_bundle
 
+    _, groups = group_kwargs(values)  # the flags are build()'s keywords: quant and check options
     start = time.perf_counter()
     updated = calibrate_bundle(
         bundle,
-        calib,
-        samples=samples,
-        labels=labels,
-        label_format=label_format,
-        ignore_index=ignore_index,
-        num_samples=num_samples,
-        min_agreement=min_agreement,
-        max_miou_drop=max_miou_drop,
+        quant=QuantOptions.from_mapping(groups.get("quant", {})),
+        check=CheckOptions.from_mapping(groups.get("check", {}), base=CALIBRATE_CHECK),
         make_default=not keep_precision,
-        progress=lambda message: click.echo(f"[edgeseg] {message}", err=True),
-        **_given(**int8),
+        progress=_say,
     )
     click.echo(f"calibrated {updated.path} in {time.perf_counter() - start:.1f}s; default precision "
                f"{updated.manifest.precision}")

@@ -51,8 +51,8 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_build_writes_a_verified_bundle(cli_bundle: Path) -> None:
     m = Bundle.load(cli_bundle).manifest
-    assert m.model["name"] == "unet" and m.model["options"]["base_channels"] == 8
-    assert m.model["trained"] is False
+    assert m.model.name == "unet" and m.model.options["base_channels"] == 8
+    assert m.model.trained is False
     assert m.outputs == ("mask", "probs")
     assert m.input.size == (64, 64)
 
@@ -125,6 +125,15 @@ def test_models_lists_every_model() -> None:
         (["build", "--model", "fcn8s", "--input-size", "500x500"], "multiples of 32"),
         (["build", "--model", "unet", "--mean", "a,b,c"], "--mean 'a,b,c' is not comma-separated numbers"),
         (["build", "--model", "unet", "--weights", "/nonexistent.pth"], "/nonexistent.pth"),
+        # each option group reaches converters.options through the generic forwarding
+        (["build", "--model", "unet", "--precision", "int8"], "int8 needs a calibration set"),
+        (["build", "--model", "unet", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
+        (["build", "--model", "unet", "--labels", "labels"], "labels need samples=DIR (--samples)"),
+        (["build", "--model", "unet", "--num-classes", "0"], "num_classes must be a positive integer, got 0"),
+        (["build", "--model", "unet", "--crf", "fused", "--crf-param", "sigma=1"], "unknown crf_params ['sigma']"),
+        (["build", "--model", "unet", "--workspace-mb", "0"], "workspace_mb must be a positive integer"),
+        (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
+        (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--labels", "l"], "labels need samples=DIR"),
         (["info", "/nonexistent.edgeseg"], "bundle /nonexistent.edgeseg does not exist"),
         (["run", "/nonexistent.edgeseg", "--source", "."], "does not exist"),
     ],
@@ -179,3 +188,61 @@ def test_profile_command(cli_bundle: Path, frames: Path, tmp_path: Path) -> None
     assert sum(1 for e in trace["traceEvents"] if e["ph"] == "X") == 8 * 4
     bad = edgeseg_cli("profile", str(cli_bundle), "--frames", "0")
     assert_one_line_error(bad, "--frames must be >= 1")
+
+
+def _help(*command: str) -> str:
+    proc = edgeseg_cli(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    return " ".join(proc.stdout.split())  # click wraps the help: compare with single spaces
+
+
+def test_help_shows_the_defaults_of_the_options_definitions() -> None:
+    """The defaults in --help are read from converters.options, not written again in the CLI."""
+    from converters.options import CALIBRATE_CHECK, CheckOptions, ModelOptions, QuantOptions
+    from converters.tensorrt import EngineConfig
+    from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
+
+    quant, check, model, engine = QuantOptions(), CheckOptions(), ModelOptions(), EngineConfig()
+    build = _help("build")
+    assert f"Frames of --calib to use [{quant.calib_size}]" in build
+    assert f"Calibration method [{quant.method}]" in build and f"rules [{quant.placement}]" in build
+    assert f"header [{quant.trt_cache_version}]" in build and f"pick [{quant.seed}]" in build
+    assert f"--num-samples INTEGER [default: {check.num_samples}]" in build
+    assert f"--opset INTEGER [default: {model.opset}]" in build
+    assert f"fp32 vs PyTorch [{DEFAULT_MIN_AGREEMENT['fp32']}]" in build
+    assert f"[{DEFAULT_MIN_AGREEMENT['fp16']}/{DEFAULT_MIN_AGREEMENT['int8']}]" in build
+    assert f"level 0..5 [{engine.opt_level}]" in build and f"[{engine.deform_conv}]" in build
+    calibrate = _help("calibrate")
+    assert f"--num-samples INTEGER [default: {CALIBRATE_CHECK.num_samples}]" in calibrate
+    assert f"must reach [{DEFAULT_MIN_AGREEMENT['int8']}]" in calibrate
+    assert f"Frames of --calib to use [{quant.calib_size}]" in calibrate
+
+
+def test_every_option_has_a_flag_or_is_api_only() -> None:
+    """Adding a field to BuildOptions (or EngineConfig) without a flag fails here, unless it is
+    listed in edgeseg.cli.API_ONLY; every flag is named as the keyword it sets."""
+    from dataclasses import fields
+
+    from converters.options import flat_names
+    from converters.tensorrt import EngineConfig
+    from edgeseg.cli import API_ONLY, build_cmd, calibrate_cmd, engine_cmd
+
+    table = flat_names()
+    engine_fields = {f.name for f in fields(EngineConfig)}
+    build_keywords = (set(table) - {"engine"}) | engine_fields
+    assert set(API_ONLY) <= build_keywords  # no stale entries
+
+    build = {p.name for p in build_cmd.params}
+    assert build_keywords - set(API_ONLY) <= build, build_keywords - set(API_ONLY) - build
+    assert not build & set(API_ONLY)
+    assert build - {"model_name", "out"} <= build_keywords  # no flag the forwarding would drop
+
+    calibrate = {p.name for p in calibrate_cmd.params}
+    int8_and_check = {k for k, (group, _) in table.items() if group in ("quant", "check")}
+    assert int8_and_check <= calibrate
+    assert calibrate - {"bundle", "keep_precision"} <= int8_and_check
+
+    engine = {p.name for p in engine_cmd.params}
+    assert engine_fields - set(API_ONLY) <= engine
+    assert engine - {"bundle", "precision"} <= engine_fields
+
