@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from converters.options import DEFAULT_METHOD
+from converters.options import METHODS as METHODS
+from converters.options import PLACEMENTS as PLACEMENTS
 from edgeseg.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "percentile", "entropy")
-PLACEMENTS = ("cpu", "tensorrt")
-DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.999
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # What the tensorrt placement puts Q/DQ in front of (inputs only).

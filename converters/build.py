@@ -50,7 +50,7 @@ from converters.options import (
 from converters.passes import select_outputs
 from converters.precision import GRAPH_FILES, EvalSet, Lowered, load_eval_set, lower_precision
 from converters.samples import load_samples, synthetic_images
-from converters.tensorrt import engine_for_build
+from converters.tensorrt import engine_for_build, op_types_of
 from edgeseg.bundle import (
     Bundle,
     InputSpec,
@@ -309,15 +309,14 @@ def write_step(
         graphs[lowered.precision] = lowered.graph
     if crf is not None and crf.mode == "fused":
         graphs = {precision: fuse_crf(graph, crf.graph) for precision, graph in graphs.items()}
-    files: dict[str, bytes] = {
-        GRAPH_FILES[precision]: select_outputs(graph, wanted).SerializeToString()
-        for precision, graph in graphs.items()
-    }
+    final = {GRAPH_FILES[p]: select_outputs(graph, wanted) for p, graph in graphs.items()}
     if crf is not None and crf.mode == "separate":
-        files[CRF_FILE] = crf.graph.SerializeToString()
+        final[CRF_FILE] = crf.graph
+    files: dict[str, bytes] = {name: graph.SerializeToString() for name, graph in final.items()}
     if lowered is not None:
         files.update(lowered.extra_files)
-    manifest = build_manifest(resolved, exported, checked, lowered, crf, options, wanted)
+    op_types = {name: sorted(op_types_of(graph)) for name, graph in final.items()}
+    manifest = build_manifest(resolved, exported, checked, lowered, crf, options, wanted, op_types)
     return write_bundle(destination, manifest, files, overwrite=options.overwrite)
 
 
@@ -329,8 +328,14 @@ def build_manifest(
     crf: CRFStage | None,
     options: BuildOptions,
     outputs: list[str],
+    op_types: dict[str, list[str]],
 ) -> Manifest:
-    """The manifest of a new bundle: what was built, from what, and how well it matches."""
+    """The manifest of a new bundle: what was built, from what, and how well it matches.
+
+    The records are given as the JSON the build steps measured and checked on
+    the way in (:meth:`Manifest.create`): a figure out of range fails here,
+    before anything is written.
+    """
     parity = dict(checked.parity)
     crf_info: dict[str, Any] | None = None
     if crf is not None:
@@ -344,7 +349,7 @@ def build_manifest(
         name = GRAPH_FILES[lowered.precision]
         graphs[lowered.precision] = name
         precisions[lowered.precision] = {"graph": name, **lowered.info}
-    return Manifest(
+    return Manifest.create(
         model=resolved.info,
         classes=tuple(resolved.classes),
         palette=tuple(resolved.palette),
@@ -357,6 +362,7 @@ def build_manifest(
         parity=parity,
         crf=crf_info,
         precisions=precisions,
+        op_types=op_types,
     )
 
 

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from converters.options import DEFAULT_OPSET
 from converters.passes import simplify, strip_metadata
 from edgeseg.errors import ConfigError, ExportError
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_OPSET = 19  # DeformConv needs 19; TensorRT 10.3's parser reads up to 20
 MIN_OPSET = 19
 GRAPH_OUTPUTS = ("mask", "probs", "logits")
 

@@ -15,9 +15,10 @@ keywords (``calib_size=``, ``crf=``, ...) map onto the groups by field name
 (:func:`flat_names`); the CLI's flags are the same names, and its help reads
 the defaults from here.
 
-Deploy-time light: this module imports no torch or onnx (``edgeseg.cli``
-imports it), so the few constants of heavier modules that options need are
-defined here and tested against their origin.
+Light: this module imports no torch or onnx (``edgeseg.cli`` imports it), so
+the defaults that heavier modules share (the opset, the calibration method) are
+defined here and those modules import them; the choices a bundle can record
+come from :mod:`edgeseg.manifest`.
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from converters.tensorrt import TARGETS, EngineConfig, coerce_config
 from edgeseg.bundle import CRF_MODES, OUTPUTS, PRECISIONS
 from edgeseg.errors import ConfigError
 from edgeseg.labels import LABEL_FORMATS
+from edgeseg.manifest import QDQ_PLACEMENTS, QUANT_METHODS, CRFParams
 from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
-
-if TYPE_CHECKING:  # pragma: no cover
-    from converters.crf import CRFParams
 
 # -- defaults ---------------------------------------------------------------------------------
 
@@ -45,12 +44,9 @@ DEFAULT_CALIB_SIZE = 200
 DEFAULT_PLACEMENT = "cpu"
 # The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
 DEFAULT_TRT_CACHE_VERSION = "10.3.0"
-# The same values as converters.export's DEFAULT_OPSET and calibration.quantize's METHODS,
-# PLACEMENTS and DEFAULT_METHOD (tests/converters/test_options.py holds them equal); repeated
-# here because those modules import onnx and torch.
-DEFAULT_OPSET = 19
-METHODS = ("minmax", "percentile", "entropy")
-PLACEMENTS = ("cpu", "tensorrt")
+DEFAULT_OPSET = 19  # DeformConv needs 19; TensorRT 10.3's parser reads up to 20
+METHODS = QUANT_METHODS
+PLACEMENTS = QDQ_PLACEMENTS
 DEFAULT_METHOD = "entropy"
 
 FLAT = "flat"  # field metadata: the field's name among build()'s flat keywords, where it differs
@@ -265,8 +261,7 @@ class CRFOptions(_Group):
         mode: None (no CRF), ``separate`` (its own ``crf.onnx``, switchable at run
             time; the model then also outputs ``logits``) or ``fused`` (one graph:
             model, then CRF). Static sizes only.
-        params: :class:`converters.crf.CRFParams` or a dict of its fields (None: its defaults).
-            Checked when given (importing the CRF module, which needs onnx).
+        params: :class:`edgeseg.manifest.CRFParams` or a dict of its fields (None: its defaults).
     """
 
     mode: str | None = field(default=None, metadata={FLAT: "crf"})
@@ -279,8 +274,6 @@ class CRFOptions(_Group):
             return
         if self.mode is None:
             raise ConfigError("crf_params were given without crf='separate' or crf='fused'")
-        from converters.crf import CRFParams  # onnx: only when there are settings to check
-
         if isinstance(self.params, CRFParams):
             return
         if not isinstance(self.params, Mapping):
@@ -295,8 +288,6 @@ class CRFOptions(_Group):
         """The CRF settings of this build (None: no CRF stage)."""
         if self.mode is None:
             return None
-        from converters.crf import CRFParams
-
         return self.params if isinstance(self.params, CRFParams) else CRFParams()
 
 

@@ -21,6 +21,7 @@ import onnx
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
 from calibration.quantize import collect_statistics, quantize, quantized_nodes
 from converters.options import CALIBRATE_CHECK, DEFAULT_EVAL_IMAGES, CheckOptions, QuantOptions
+from converters.tensorrt import op_types_of
 from edgeseg.bundle import InputSpec
 from edgeseg.errors import ConfigError, ParityError
 from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
@@ -325,7 +326,7 @@ def calibrate_bundle(
             or ``check`` together with their fields as keywords.
         ParityError: the INT8 graph misses the target; the bundle is left as it was.
     """
-    from edgeseg.bundle import Bundle, Manifest, write_bundle
+    from edgeseg.bundle import Bundle, write_bundle
 
     say = say_or_log(progress)
     quant, check = _calibrate_options(calib, quant, check, kwargs)
@@ -350,13 +351,12 @@ def calibrate_bundle(
     }
     files[name] = lowered.graph.SerializeToString()
     files.update(lowered.extra_files)
-    updated = Manifest(
-        **{
-            **manifest.__dict__,
-            "precision": "int8" if make_default else manifest.precision,
-            "graphs": {**manifest.graphs, "int8": name},
-            "precisions": {**manifest.precisions, "int8": {"graph": name, **lowered.info}},
-        }
+    updated = manifest.replace(
+        precision="int8" if make_default else manifest.precision,
+        graphs={**manifest.graphs, "int8": name},
+        precisions={**manifest.precisions, "int8": {"graph": name, **lowered.info}},
+        op_types={**manifest.op_types, name: sorted(op_types_of(lowered.graph))},
+        files={},  # write_bundle records the files it writes
     )
     say(f"writing {loaded.path}")
     return write_bundle(loaded.path, updated, files, overwrite=True)

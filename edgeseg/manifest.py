@@ -39,6 +39,8 @@ OUTPUTS = ("mask", "probs", "logits")
 CRF_MODES = ("separate", "fused")
 ENGINE_MODES = ("strongly-typed", "legacy-dla")
 DEFORM_MODES = ("native", "plugin")
+QUANT_METHODS = ("minmax", "percentile", "entropy")  # INT8 calibration methods
+QDQ_PLACEMENTS = ("cpu", "tensorrt")  # where INT8 Q/DQ goes: ONNX Runtime's layout, TensorRT's
 MAX_SIDE = 16384  # a larger input side is a typo, and would allocate gigabytes per frame
 
 _SHA256 = r"[0-9a-f]{64}"
@@ -520,7 +522,7 @@ class MixedPrecisionRecord:
     """The accuracy-driven search for layers to keep in float (``enabled`` false: not run)."""
 
     enabled: bool = True
-    placement: str | None = spec(None, choices=("cpu", "tensorrt"))
+    placement: str | None = spec(None, choices=QDQ_PLACEMENTS)
     target: Target | None = None
     met: bool | None = None
     figures: Figures | None = None
@@ -563,8 +565,8 @@ class QuantizationRecord:
     """How the INT8 graph was made."""
 
     calibration: CalibrationRecord
-    method: str = spec(choices=("minmax", "percentile", "entropy"))
-    placement: str = spec(choices=("cpu", "tensorrt"))
+    method: str = spec(choices=QUANT_METHODS)
+    placement: str = spec(choices=QDQ_PLACEMENTS)
     quantized_nodes: int = spec(ge=0)
     percentile: float | None = spec(None, gt=0, le=100)
     mixed_precision: MixedPrecisionRecord | None = None
@@ -702,9 +704,10 @@ class Manifest:
         return cls.from_json(data, where="manifest", validate=False)
 
     def replace(self, **changes: Any) -> Manifest:
-        """A copy with ``changes`` (records or their JSON) applied, checked like a loaded one."""
+        """A copy with ``changes`` (records or their JSON) applied, each type- and range-checked;
+        :func:`edgeseg.bundle.write_bundle` checks the whole when it writes the files."""
         data = {**self.to_json(), **{k: encode(v) for k, v in changes.items()}}
-        return Manifest.from_json(data, where="manifest")
+        return Manifest.from_json(data, where="manifest", validate=False)
 
     def to_json(self) -> dict[str, Any]:
         data = encode(self)
