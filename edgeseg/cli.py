@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -40,6 +40,9 @@ from edgeseg.bundle import CRF_MODES, PRECISIONS
 from edgeseg.errors import ConfigError, EdgesegError, SourceError
 from edgeseg.labels import LABEL_FORMATS
 from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgeseg.manifest import Manifest
 
 log = logging.getLogger("edgeseg")
 
@@ -333,11 +336,9 @@ def build_cmd(model_name: str, out: Path | None, **given: Any) -> None:
         click.echo(line)
 
 
-def _engine_lines(manifest: Any) -> list[str]:
+def _engine_lines(manifest: Manifest) -> list[str]:
     """One line per TensorRT engine of the bundle."""
-    from edgeseg.runtime.backends.tensorrt import describe_engine
-
-    return [f"engine      {describe_engine(entry)}" for entry in manifest.engines]
+    return [f"engine      {record.describe()}" for record in manifest.engines]
 
 
 @cli.command("engine")
@@ -412,29 +413,34 @@ def plugins_build_cmd(
         click.echo(f"added {library.name} to {updated.path}")
 
 
-def _precision_lines(manifest: Any) -> list[str]:
+def _fmt(value: float | None, form: str) -> str:
+    """A recorded figure, or ``n/a`` when the bundle does not record it."""
+    return "n/a" if value is None else format(value, form)
+
+
+def _precision_lines(manifest: Manifest) -> list[str]:
     """One line per lower-precision graph: its figures and what stayed in float."""
     lines = []
     for precision, info in manifest.precisions.items():
-        par = info.get("parity", {})
-        text = (
-            f"{precision:<11} {info.get('graph')}: agreement with fp32 {par.get('agreement', float('nan')):.4%}"
-        )
-        if par.get("miou_drop") is not None:
-            text += f", mIoU {100 * par['miou']:.2f} (drop {par['miou_drop']:.2f} points)"
-        text += f" over {par.get('samples')} images of {par.get('sample_source')}"
-        quant = info.get("quantization")
-        if quant:
-            kept = quant.get("kept_float", [])
+        text = f"{precision:<11} {info.graph}"
+        par = info.parity
+        if par is not None:
+            text += f": agreement with fp32 {par.agreement:.4%}"
+            if par.miou_drop is not None and par.miou is not None:
+                text += f", mIoU {100 * par.miou:.2f} (drop {par.miou_drop:.2f} points)"
+            text += f" over {par.samples} images of {par.sample_source}"
+        quant = info.quantization
+        if quant is not None:
+            kept = list(quant.kept_float)
             text += (
-                f"; {quant['method']} calibration on {quant['calibration'].get('used')} images, "
-                f"{quant['placement']} placement, {quant['quantized_nodes']} nodes quantized, "
+                f"; {quant.method} calibration on {quant.calibration.used} images, "
+                f"{quant.placement} placement, {quant.quantized_nodes} nodes quantized, "
                 f"{len(kept)} kept in float" + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else "")
             )
-        half = info.get("fp16")
-        if half:
-            text += f"; {half['fp16_nodes']} nodes in fp16, kept fp32: " + ", ".join(
-                f"{op} x{n}" for op, n in half["kept_by_op"].items()
+        half = info.fp16
+        if half is not None:
+            text += f"; {half.fp16_nodes} nodes in fp16, kept fp32: " + ", ".join(
+                f"{op} x{n}" for op, n in half.kept_by_op.items()
             )
         lines.append(text)
     return lines
@@ -522,34 +528,34 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         click.echo(json.dumps(m.to_json(), indent=2))
         return
     spec = m.input
-    opts = ", ".join(f"{k}={v}" for k, v in m.model.get("options", {}).items())
+    opts = ", ".join(f"{k}={v}" for k, v in m.model.options.items())
     parity = m.parity
     lines = [
         f"bundle      {loaded.path}  (schema {m.schema_version}, verified: {'no' if no_verify else 'yes'})",
-        f"model       {m.model.get('name')} [{m.model.get('source')}] {opts}",
-        f"trained     {m.model.get('trained')}" + (f"  weights {m.model['weights']['file']}" if m.model.get("weights") else ""),
+        f"model       {m.model.name} [{m.model.source}] {opts}",
+        f"trained     {m.model.trained}" + (f"  weights {m.model.weights.file}" if m.model.weights else ""),
         f"classes     {len(m.classes)}: {', '.join(m.classes)}",
         f"input       image {spec.dtype} {spec.layout} {spec.color} "
         f"{'dynamic, nominal ' if spec.dynamic else ''}{spec.size[0]}x{spec.size[1]}"
         + (f" (multiples of {spec.multiple_of})" if spec.dynamic else ""),
         f"normalise   mean {list(spec.mean)} std {list(spec.std)}",
         f"precision   {m.precision}   opset {m.opset}   outputs {', '.join(m.outputs)}",
-        "files       " + ", ".join(f"{k} ({v['bytes'] / 1e6:.1f} MB)" for k, v in m.files.items()),
+        "files       " + ", ".join(f"{k} ({v.bytes / 1e6:.1f} MB)" for k, v in m.files.items()),
         "versions    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
     ]
     lines += [f"graphs      {', '.join(f'{p}: {g}' for p, g in m.graphs.items())}"]
     lines += _precision_lines(m)
     lines += _engine_lines(m)
-    if m.crf:
-        settings = ", ".join(f"{k}={v}" for k, v in m.crf.get("params", {}).items())
-        lines.append(f"crf         {m.crf.get('mode')}: {settings}")
-    if parity:
+    if m.crf is not None:
+        settings = ", ".join(f"{k}={v}" for k, v in m.crf.params.to_json().items())
+        lines.append(f"crf         {m.crf.mode}: {settings}")
+    if parity is not None:
         lines.append(
-            f"fp32        parity with PyTorch: agreement {parity.get('agreement', float('nan')):.4%} "
-            f"(worst image {parity.get('worst_image_agreement', float('nan')):.4%}), "
-            f"max abs logit error {parity.get('max_abs_error', float('nan')):.2e} "
-            f"(logits up to {parity.get('max_abs_logit', float('nan')):.3g}), "
-            f"{parity.get('samples')} {parity.get('sample_source')} images, {parity.get('backend')}"
+            f"fp32        parity with PyTorch: agreement {parity.agreement:.4%} "
+            f"(worst image {_fmt(parity.worst_image_agreement, '.4%')}), "
+            f"max abs logit error {_fmt(parity.max_abs_error, '.2e')} "
+            f"(logits up to {_fmt(parity.max_abs_logit, '.3g')}), "
+            f"{parity.samples} {parity.sample_source} images, {parity.backend}"
         )
     click.echo("\n".join(lines))
 
