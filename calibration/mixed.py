@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ import onnx
 from calibration.quantize import CalibrationStats, quantizable_nodes, quantize
 from edgeseg.errors import ConfigError
 from edgeseg.metrics import confusion_matrix, iou_per_class
-from edgeseg.progress import Say
+from edgeseg.progress import Count, Say
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def layer_sensitivity(
     placement: str,
     images: int = 4,
     candidates: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Count | None = None,
 ) -> list[LayerSensitivity]:
     """Quantizes each candidate layer alone and measures it on ``images`` images.
 

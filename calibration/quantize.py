@@ -30,7 +30,7 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from converters.options import DEFAULT_METHOD
 from converters.options import METHODS as METHODS
 from converters.options import PLACEMENTS as PLACEMENTS
 from edgeseg.errors import ConfigError, ExportError
+from edgeseg.progress import Count
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ CPU_OPS = (
 # Nodes a user can keep in float one by one (activations fuse into their producer).
 CANDIDATE_OPS = tuple(op for op in CPU_OPS if op not in ("Relu", "Clip", "LeakyRelu"))
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def collect_statistics(
     percentile: float = DEFAULT_PERCENTILE,
     chunk: int = 8,
     input_name: str = "image",
-    progress: Progress | None = None,
+    progress: Count | None = None,
 ) -> CalibrationStats:
     """Runs one calibrator over ``images`` and returns every body tensor's range.
 

@@ -20,13 +20,13 @@ cannot be read or that ``prepare`` rejects are skipped, logged and reported in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeseg.bundle import InputSpec
+from edgeseg.progress import Count
 from edgeseg.runtime.frames import NPZ_SUFFIX, check_int, load_frames
 
 _SUMMARY_NAMES = 20  # skipped names listed in summary()
@@ -92,7 +92,7 @@ def load_calibration_set(
     size: int = 200,
     seed: int = 0,
     min_images: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Count | None = None,
 ) -> CalibrationSet:
     """Reads a calibration set from a folder, a video or an ``.npz`` file.
 

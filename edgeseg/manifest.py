@@ -335,8 +335,8 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
-class ParityRecord:
-    """The FP32 graph against PyTorch at build time (ONNX Runtime on the CPU)."""
+class TorchFigures:
+    """A graph's logits and masks against PyTorch's on the same frames."""
 
     agreement: float = spec(ge=0, le=1)
     max_abs_error: float | None = spec(None, ge=0)
@@ -344,6 +344,12 @@ class ParityRecord:
     max_abs_logit: float | None = spec(None, ge=0)
     worst_image_agreement: float | None = spec(None, ge=0, le=1)
     image_size: tuple[int, int] | None = spec(None, ge=1)
+
+
+@dataclass(frozen=True)
+class ParityRecord(TorchFigures):
+    """The FP32 graph against PyTorch at build time (ONNX Runtime on the CPU), and how it was measured."""
+
     precision: str | None = spec(None, choices=PRECISIONS)
     backend: str | None = None
     samples: int | None = spec(None, ge=0)
@@ -451,25 +457,9 @@ class Figures:
 
 
 @dataclass(frozen=True)
-class TorchFigures:
-    """A lower-precision graph against PyTorch."""
+class PrecisionParity(Figures):
+    """A lower-precision graph measured against the FP32 graph, on the CPU, and how."""
 
-    agreement: float = spec(ge=0, le=1)
-    max_abs_error: float | None = spec(None, ge=0)
-    mean_abs_error: float | None = spec(None, ge=0)
-    max_abs_logit: float | None = spec(None, ge=0)
-    worst_image_agreement: float | None = spec(None, ge=0, le=1)
-    image_size: tuple[int, int] | None = spec(None, ge=1)
-
-
-@dataclass(frozen=True)
-class PrecisionParity:
-    """A lower-precision graph measured against the FP32 graph, on the CPU."""
-
-    agreement: float = spec(ge=0, le=1)
-    logit_error: float | None = spec(None, ge=0)
-    miou: float | None = spec(None, ge=0, le=1)
-    miou_drop: float | None = None
     reference: str | None = None
     backend: str | None = None
     samples: int | None = spec(None, ge=0)

@@ -32,6 +32,7 @@ import numpy as np
 from edgeseg.bundle import Bundle, Manifest, sha256_file
 from edgeseg.errors import ConfigError, InputError
 from edgeseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from edgeseg.progress import Count
 from edgeseg.runtime.image import NearestResizer, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
 
 
 @dataclass
@@ -459,7 +459,7 @@ def compare(
     reference: str | None = None,
     keep_worst: int = 5,
     limit: int | None = None,
-    progress: Progress | None = None,
+    progress: Count | None = None,
 ) -> ParityReport:
     """Compares every artefact of ``bundle`` (or ``precisions``) with ``model``.
 

@@ -24,13 +24,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgeseg.doctor import TENSORRT_INCLUDE_DIRS, find_tensorrt_include
 from edgeseg.engines import PLUGIN_LIBRARY as LIBRARY_NAME
 from edgeseg.engines import PLUGIN_OP
 from edgeseg.errors import ConfigError, ExportError, MissingDependencyError
+from edgeseg.progress import Say
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ _ARCHS_PATTERN = re.compile(
 )
 _LOG_TAIL_LINES = 40
 
-Progress = Callable[[str], None]
 
 
 def find_nvcc() -> Path | None:
@@ -222,7 +222,7 @@ def build_plugins(
     tensorrt_root: str | None = None,
     cuda_archs: str | None = None,
     jobs: int | None = None,
-    progress: Progress | None = None,
+    progress: Say | None = None,
 ) -> Path:
     """Builds ``libedgeseg_plugins.so`` with CMake and puts it in ``out_dir``.
 
@@ -272,7 +272,7 @@ def build_plugins(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say: Progress = progress if progress is not None else _quiet
+    say: Say = progress if progress is not None else _quiet
     with tempfile.TemporaryDirectory(prefix=".edgeseg-plugins-", dir=out) as tmp:
         build = Path(tmp) / "build"
         configure = [

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -46,6 +46,7 @@ from PIL import Image
 from edgeseg.bundle import InputSpec
 from edgeseg.errors import ConfigError, InputError
 from edgeseg.labels import pair_labels, read_label
+from edgeseg.progress import Count
 from edgeseg.runtime.image import (
     NearestResizer,
     check_frame,
@@ -570,7 +571,7 @@ def load_frames(
     label_format: str = "auto",
     min_frames: int = 1,
     what: str = "frames",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Count | None = None,
 ) -> Frames:
     """Lists, picks, reads and prepares frames of a source (see the module docstring).
 
