@@ -105,6 +105,7 @@ def test_run_single_image_and_video(cli_bundle: Path, frames: Path, tmp_path: Pa
     cap.release()
 
 
+@pytest.mark.slow
 def test_models_lists_every_model() -> None:
     proc = edgeseg_cli("models", "--json", "--input-size", "256x256")
     assert proc.returncode == 0, proc.stderr
@@ -116,26 +117,33 @@ def test_models_lists_every_model() -> None:
     assert table.returncode == 0 and "deeplabv3p" in table.stdout and "GFLOPs" in table.stdout
 
 
+ONE_LINE_ERRORS = [
+    (["build", "--model", "segformer"], "unknown model 'segformer'"),
+    (["build", "--model", "unet", "-o", "colour=red"], "colour"),
+    (["build", "--model", "unet", "-o", "base_channels"], "is not KEY=VALUE"),
+    (["build", "--model", "fcn8s", "--input-size", "500x500"], "multiples of 32"),
+    (["build", "--model", "unet", "--mean", "a,b,c"], "--mean 'a,b,c' is not comma-separated numbers"),
+    (["build", "--model", "unet", "--weights", "/nonexistent.pth"], "/nonexistent.pth"),
+    # each option group reaches converters.options through the generic forwarding
+    (["build", "--model", "unet", "--precision", "int8"], "int8 needs a calibration set"),
+    (["build", "--model", "unet", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
+    (["build", "--model", "unet", "--labels", "labels"], "labels need samples=DIR (--samples)"),
+    (["build", "--model", "unet", "--num-classes", "0"], "num_classes must be a positive integer, got 0"),
+    (["build", "--model", "unet", "--crf", "fused", "--crf-param", "sigma=1"], "unknown crf_params ['sigma']"),
+    (["build", "--model", "unet", "--workspace-mb", "0"], "workspace_mb must be a positive integer"),
+    (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
+    (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--labels", "l"], "labels need samples=DIR"),
+    (["info", "/nonexistent.edgeseg"], "bundle /nonexistent.edgeseg does not exist"),
+    (["run", "/nonexistent.edgeseg", "--source", "."], "does not exist"),
+]
+
+
+# each case is a CLI subprocess that imports torch (seconds): the fast loop keeps one of a kind
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (["build", "--model", "segformer"], "unknown model 'segformer'"),
-        (["build", "--model", "unet", "-o", "colour=red"], "colour"),
-        (["build", "--model", "unet", "-o", "base_channels"], "is not KEY=VALUE"),
-        (["build", "--model", "fcn8s", "--input-size", "500x500"], "multiples of 32"),
-        (["build", "--model", "unet", "--mean", "a,b,c"], "--mean 'a,b,c' is not comma-separated numbers"),
-        (["build", "--model", "unet", "--weights", "/nonexistent.pth"], "/nonexistent.pth"),
-        # each option group reaches converters.options through the generic forwarding
-        (["build", "--model", "unet", "--precision", "int8"], "int8 needs a calibration set"),
-        (["build", "--model", "unet", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
-        (["build", "--model", "unet", "--labels", "labels"], "labels need samples=DIR (--samples)"),
-        (["build", "--model", "unet", "--num-classes", "0"], "num_classes must be a positive integer, got 0"),
-        (["build", "--model", "unet", "--crf", "fused", "--crf-param", "sigma=1"], "unknown crf_params ['sigma']"),
-        (["build", "--model", "unet", "--workspace-mb", "0"], "workspace_mb must be a positive integer"),
-        (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--calib-size", "0"], "calib_size must be >= 1, got 0"),
-        (["calibrate", "/nonexistent.edgeseg", "--calib", "x", "--labels", "l"], "labels need samples=DIR"),
-        (["info", "/nonexistent.edgeseg"], "bundle /nonexistent.edgeseg does not exist"),
-        (["run", "/nonexistent.edgeseg", "--source", "."], "does not exist"),
+        pytest.param(*case, marks=pytest.mark.slow if i and case[0][0] in ("build", "calibrate") else ())
+        for i, case in enumerate(ONE_LINE_ERRORS)
     ],
 )
 def test_errors_are_one_line(args: list[str], text: str, tmp_path: Path) -> None:
@@ -168,6 +176,7 @@ def test_tampered_bundle_is_refused(cli_bundle: Path, tmp_path: Path) -> None:
     assert_one_line_error(edgeseg_cli("info", str(copy)), "does not match its checksum")
 
 
+@pytest.mark.slow
 def test_existing_bundle_needs_force(cli_bundle: Path) -> None:
     proc = edgeseg_cli("build", "--model", "unet", "--out", str(cli_bundle), "-o", "base_channels=8", "--input-size", "64x64")
     assert_one_line_error(proc, "already exists; pass overwrite=True (--force)")

@@ -171,6 +171,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_zoo_bundle_with_weights(tmp_path: Path, frames_and_labels: tuple[Path, Path]) -> None:
     images, labels = frames_and_labels
     torch.manual_seed(0)
@@ -200,6 +201,7 @@ def test_cli_zoo_bundle_with_weights(tmp_path: Path, frames_and_labels: tuple[Pa
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors(tiny_bundle: Path, frames_and_labels: tuple[Path, Path]) -> None:
     images, _ = frames_and_labels
     proc = _cli("parity", str(tiny_bundle), "--images", str(images))
@@ -209,6 +211,7 @@ def test_cli_errors(tiny_bundle: Path, frames_and_labels: tuple[Path, Path]) -> 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_pytest_fixture(pytester: pytest.Pytester, tiny_bundle: Path, frames_and_labels: tuple[Path, Path]) -> None:
     images, _ = frames_and_labels
     root = Path(__file__).resolve().parents[1]

@@ -59,6 +59,7 @@ SCRATCH = "\n".join(
 )
 
 
+@pytest.mark.slow
 def test_misspelled_builder_method_fails(tmp_path: Path) -> None:
     bad = tmp_path / "scratch_bad.py"
     bad.write_text(SCRATCH.format(method="create_netwrok"))
@@ -76,6 +77,7 @@ def test_correct_builder_method_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_repository_tensorrt_code_passes() -> None:
     proc = _run()  # every file of the repo that imports tensorrt
     out = proc.stdout + proc.stderr

@@ -29,6 +29,7 @@ def test_manifest_records_what_was_built(tiny_bundle: Path) -> None:
     assert p.min_agreement == 0.999
 
 
+@pytest.mark.slow
 def test_torchvision_model_deploys_unchanged(tmp_path: Path) -> None:
     """A user's torchvision model with its own state dict goes through build as it is."""
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large

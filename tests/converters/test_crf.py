@@ -112,12 +112,12 @@ def crf_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_bundles_record_the_crf(crf_bundles: dict[str, Path]) -> None:
     sep = edgeseg.Bundle.load(crf_bundles["separate"]).manifest
-    assert sep.crf is not None and sep.crf["mode"] == "separate" and sep.crf["graph"] == "crf.onnx"
-    assert sep.crf["params"]["window"] == 5 and "crf.onnx" in sep.files
+    assert sep.crf is not None and sep.crf.mode == "separate" and sep.crf.graph == "crf.onnx"
+    assert sep.crf.params.window == 5 and "crf.onnx" in sep.files
     assert "logits" in sep.outputs  # the CRF stage reads them
-    assert sep.parity["crf_agreement"] >= 0.999  # graph vs NumPy reference on PyTorch's logits
+    assert sep.parity.crf_agreement >= 0.999  # graph vs NumPy reference on PyTorch's logits
     fused = edgeseg.Bundle.load(crf_bundles["fused"]).manifest
-    assert fused.crf is not None and fused.crf["mode"] == "fused" and "crf.onnx" not in fused.files
+    assert fused.crf is not None and fused.crf.mode == "fused" and "crf.onnx" not in fused.files
 
 
 def test_separate_and_fused_agree_and_match_the_reference(crf_bundles: dict[str, Path]) -> None:
@@ -171,6 +171,7 @@ def test_crf_errors(crf_bundles: dict[str, Path], tiny_bundle: Path, tmp_path: P
         edgeseg.build(tiny_module(), tmp_path / "x", crf="fused", input_size=(30, 48), num_classes=4, num_samples=1)
 
 
+@pytest.mark.slow
 def test_cli_crf(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -398,6 +398,7 @@ def test_twin_rejects_inconsistent_params(cpu_twin: ctypes.CDLL, override: dict[
 # ---------------------------------------------------------------- sources and compilers
 
 
+@pytest.mark.slow
 def test_nvcc_compiles_every_cuda_source(tmp_path: Path) -> None:
     """What CI runs: a CUDA syntax or type error fails here wherever nvcc exists."""
     if plugins.find_nvcc() is None:

@@ -25,6 +25,7 @@ from converters.samples import synthetic_images
 from edgeseg.bundle import Bundle
 from edgeseg.cli import cli
 from edgeseg.errors import ConfigError, ParityError
+from edgeseg.manifest import Target
 from tests.calibration.test_quantize import DeepNet
 from tests.conftest import tiny_module
 
@@ -111,35 +112,35 @@ def test_int8_bundle_manifest(request: pytest.FixtureRequest, which: str) -> Non
     assert m.precision == "int8"
     assert m.graphs == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert {"model.onnx", "model.int8.onnx", "calibration.cache"} <= set(m.files)
-    assert m.parity["precision"] == "fp32" and m.parity["agreement"] >= 0.999  # fp32 vs PyTorch
+    assert m.parity.precision == "fp32" and m.parity.agreement >= 0.999  # fp32 vs PyTorch
     info = m.precisions["int8"]
-    assert set(m.precisions) == {"int8"} and info["graph"] == "model.int8.onnx"
-    parity = info["parity"]
-    assert 0.99 <= parity["agreement"] <= 1.0  # the default int8 target
-    assert parity["backend"] == "onnxruntime-cpu" and parity["reference"].startswith("fp32 graph")
-    assert parity["pytorch"]["agreement"] >= 0.99
-    quant = info["quantization"]
-    assert quant["placement"] == placement
-    assert quant["method"] == ("entropy" if placement == "cpu" else "minmax")
-    assert quant["quantized_nodes"] >= 2 and isinstance(quant["kept_float"], list)
-    assert quant["trt_cache"]["file"] == "calibration.cache"
-    assert quant["trt_cache"]["header"] == "TRT-100300-EntropyCalibration2"
-    calibration = quant["calibration"]
-    assert calibration["kind"] == "folder" and calibration["image_size"] == list(SIZE)
-    assert isinstance(calibration["used"], int) and isinstance(calibration["skipped"], int)
-    assert info["target"] == {"min_agreement": 0.99, "max_miou_drop": None}
+    assert set(m.precisions) == {"int8"} and info.graph == "model.int8.onnx"
+    parity = info.parity
+    assert 0.99 <= parity.agreement <= 1.0  # the default int8 target
+    assert parity.backend == "onnxruntime-cpu" and parity.reference.startswith("fp32 graph")
+    assert parity.pytorch.agreement >= 0.99
+    quant = info.quantization
+    assert quant.placement == placement
+    assert quant.method == ("entropy" if placement == "cpu" else "minmax")
+    assert quant.quantized_nodes >= 2 and isinstance(quant.kept_float, tuple)
+    assert quant.trt_cache.file == "calibration.cache"
+    assert quant.trt_cache.header == "TRT-100300-EntropyCalibration2"
+    calibration = quant.calibration
+    assert calibration.kind == "folder" and calibration.image_size == SIZE
+    assert isinstance(calibration.used, int) and isinstance(calibration.skipped, int)
+    assert info.target == Target(min_agreement=0.99, max_miou_drop=None)
     if placement == "cpu":
-        assert parity["samples"] == 16 and "held out from calibration" in parity["sample_source"]
-        assert calibration["used"] == 16 and calibration["held_out_for_evaluation"] == 16
-        assert calibration["skipped"] == 0 and calibration["available"] == 32
-        assert quant["tensorrt_rules"] is None
+        assert parity.samples == 16 and "held out from calibration" in parity.sample_source
+        assert calibration.used == 16 and calibration.held_out_for_evaluation == 16
+        assert calibration.skipped == 0 and calibration.available == 32
+        assert quant.tensorrt_rules is None
     else:
-        assert parity["samples"] == 8 and parity["sample_source"] == str(
+        assert parity.samples == 8 and parity.sample_source == str(
             request.getfixturevalue("eval_dir")
         )
-        rules = quant["tensorrt_rules"]
-        assert rules["ok"] is True and rules["quantized_ops"].get("Conv", 0) >= 1
-        assert "held_out_for_evaluation" not in calibration
+        rules = quant.tensorrt_rules
+        assert rules.ok is True and rules.quantized_ops.get("Conv", 0) >= 1
+        assert calibration.held_out_for_evaluation is None
     json.dumps(m.to_json())  # the manifest is JSON all the way down
 
 
@@ -159,7 +160,7 @@ def test_int8_graph_and_calibration_cache(request: pytest.FixtureRequest, which:
     assert cache.version == 100300 and cache.algorithm == "EntropyCalibration2"
     assert (
         len(cache.scales)
-        == bundle.manifest.precisions["int8"]["quantization"]["trt_cache"]["tensors"]
+        == bundle.manifest.precisions["int8"].quantization.trt_cache.tensors
     )
     assert cache.scales and all(s > 0 for s in cache.scales.values())
     fp32_tensors = {t for n in onnx.load(str(bundle.graph("fp32"))).graph.node for t in n.output}
@@ -180,10 +181,10 @@ def test_segmenter_runs_int8_by_default_and_fp32_on_request(int8_cpu: Bundle) ->
 
 
 def test_corrupt_calibration_files_are_skipped_and_counted(int8_tensorrt: Bundle) -> None:
-    calibration = int8_tensorrt.manifest.precisions["int8"]["quantization"]["calibration"]
-    assert calibration["available"] == 16
-    assert calibration["skipped"] == 2 and calibration["used"] == 14
-    assert sorted(calibration["skipped_names"]) == ["broken.png", "sub/cut.jpg"]
+    calibration = int8_tensorrt.manifest.precisions["int8"].quantization.calibration
+    assert calibration.available == 16
+    assert calibration.skipped == 2 and calibration.used == 14
+    assert sorted(calibration.skipped_names) == ["broken.png", "sub/cut.jpg"]
 
 
 # ---------------------------------------------------------------- fp16
@@ -196,7 +197,7 @@ def test_fp16_build(tmp_path: Path) -> None:
     m = bundle.manifest
     assert m.precision == "fp16" and m.graphs["fp16"] == "model.fp16.onnx"
     record = m.precisions["fp16"]
-    assert record["fp16"]["fp16_nodes"] > 0 and record["parity"]["agreement"] >= 0.995
+    assert record.fp16.fp16_nodes > 0 and record.parity.agreement >= 0.995
     with edgeseg.Segmenter(bundle.path) as seg:
         assert seg.precision == "fp16" and seg(np.zeros((40, 40, 3), np.uint8)).mask.shape == (
             40,
@@ -298,7 +299,7 @@ def test_small_calib_size_holds_frames_out(tmp_path: Path) -> None:
         calib_size=8,
         num_samples=1,
     )
-    assert bundle.manifest.precisions["int8"]["quantization"]["calibration"]["used"] == 8
+    assert bundle.manifest.precisions["int8"].quantization.calibration.used == 8
 
 
 # ---------------------------------------------------------------- CLI
@@ -323,6 +324,7 @@ def fp32_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_cli_build_zoo_model_int8(tmp_path: Path, calib_dir: Path) -> None:
     out = tmp_path / "dlp.edgeseg"
     result = invoke(
@@ -360,11 +362,11 @@ def test_cli_build_zoo_model_int8(tmp_path: Path, calib_dir: Path) -> None:
     )
     assert "[edgeseg] calibrating (entropy) on 16 images" in result.stderr
     m = Bundle.load(out).manifest
-    assert m.precision == "int8" and m.model["name"] == "deeplabv3p"
-    quant = m.precisions["int8"]["quantization"]
-    assert quant["placement"] == "tensorrt" and quant["tensorrt_rules"]["ok"] is True
-    assert m.precisions["int8"]["target"]["min_agreement"] == 0.9
-    assert m.precisions["int8"]["parity"]["agreement"] >= 0.9
+    assert m.precision == "int8" and m.model.name == "deeplabv3p"
+    quant = m.precisions["int8"].quantization
+    assert quant.placement == "tensorrt" and quant.tensorrt_rules.ok is True
+    assert m.precisions["int8"].target.min_agreement == 0.9
+    assert m.precisions["int8"].parity.agreement >= 0.9
 
 
 @pytest.fixture
@@ -402,10 +404,10 @@ def test_cli_calibrate_adds_the_int8_graph(calibrated: tuple[Path, Result]) -> N
     )
     info = m.precisions["int8"]
     assert (
-        info["quantization"]["method"] == "percentile"
-        and info["quantization"]["percentile"] == 99.999
+        info.quantization.method == "percentile"
+        and info.quantization.percentile == 99.999
     )
-    assert info["quantization"]["calibration"]["used"] == 16 and info["parity"]["samples"] == 16
+    assert info.quantization.calibration.used == 16 and info.parity.samples == 16
     cache = parse_cache((path / "calibration.cache").read_bytes())
     assert cache.header() == "TRT-8601-EntropyCalibration2"
     graph = onnx.load(str(path / "model.int8.onnx"))
@@ -447,7 +449,7 @@ def test_cli_calibrate_keep_precision(fp32_copy: Path, calib_dir: Path) -> None:
     assert "default precision fp32" in result.stdout
     m = Bundle.load(fp32_copy).manifest
     assert m.precision == "fp32" and set(m.graphs) == {"fp32", "int8"}
-    assert m.precisions["int8"]["quantization"]["tensorrt_rules"]["ok"] is True
+    assert m.precisions["int8"].quantization.tensorrt_rules.ok is True
     with edgeseg.Segmenter(fp32_copy) as seg:
         assert seg.precision == "fp32"
 
@@ -472,10 +474,10 @@ def test_calibrate_on_camvid(shared_data: Path, fp32_copy: Path) -> None:
     """The model is untrained, so accuracy means nothing here: only that CamVid is read."""
     val = shared_data / "camvid" / "val"
     bundle = calibrate_bundle(fp32_copy, val, calib_size=16, placement="tensorrt")
-    quant = bundle.manifest.precisions["int8"]["quantization"]
-    calibration = quant["calibration"]
-    assert calibration["source"] == str(val) and calibration["available"] == 101
-    assert calibration["used"] == 16 and calibration["skipped"] == 0
-    assert calibration["held_out_for_evaluation"] == 16 and calibration["image_size"] == [64, 96]
-    assert quant["tensorrt_rules"]["ok"] is True
+    quant = bundle.manifest.precisions["int8"].quantization
+    calibration = quant.calibration
+    assert calibration.source == str(val) and calibration.available == 101
+    assert calibration.used == 16 and calibration.skipped == 0
+    assert calibration.held_out_for_evaluation == 16 and calibration.image_size == (64, 96)
+    assert quant.tensorrt_rules.ok is True
     assert bundle.manifest.precision == "int8"
