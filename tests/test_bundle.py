@@ -193,3 +193,29 @@ def test_copy_of_bundle_verifies(written: Bundle, tmp_path: Path) -> None:
     copy = tmp_path / "copy.edgeseg"
     shutil.copytree(written.path, copy)
     assert Bundle.load(copy).manifest == written.manifest
+
+
+def test_schema_1_bundles_load_and_are_rewritten_as_schema_2(written: Bundle) -> None:
+    path = written.path / "manifest.json"
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 2 and "op_types" in data
+    data["schema_version"] = 1  # as edgeseg 0.1.0 wrote them: no op_types
+    del data["op_types"]
+    path.write_text(json.dumps(data))
+    old = Bundle.load(written.path)
+    assert old.manifest.schema_version == 1 and old.manifest.op_types == {}
+    files = {name: written.path / name for name in old.manifest.files}
+    rewritten = write_bundle(written.path, old.manifest, files, overwrite=True)
+    assert rewritten.manifest.schema_version == 2
+
+
+def test_manifest_records_are_typed(written: Bundle) -> None:
+    m = written.manifest
+    assert m.parity is not None and m.parity.agreement == 1.0 and m.parity.samples is None
+    assert m.model.name == "toy" and m.model.source == "module" and m.model.trained is None
+    record = m.files["model.onnx"]
+    with pytest.raises(AttributeError):
+        record.bytes = 0  # type: ignore[misc]  # frozen
+    assert m.replace(precision="fp32") == m
+    with pytest.raises(BundleError, match=r"manifest: precision must be one of fp32, fp16, int8"):
+        m.replace(precision="fp64")

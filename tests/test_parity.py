@@ -17,7 +17,7 @@ from PIL import Image
 import edgeseg
 from edgeseg.bundle import Bundle, write_bundle
 from edgeseg.errors import ConfigError
-from edgeseg.parity import compare, expose_logits, iter_images, reference_model
+from edgeseg.parity import Reference, compare, expose_logits, iter_images, reference_model
 from edgeseg.runtime.frames import stratified_picks
 from edgeseg.testing import assert_parity
 from tests.conftest import tiny_module
@@ -110,6 +110,34 @@ def test_arrays_and_mapping_labels(tiny_bundle: Path) -> None:
     assert report.reference_iou is not None and len(report.reference_iou) == 4
     with pytest.raises(ConfigError, match="max_miou_drop needs labels"):
         compare(tiny_bundle, tiny_module(), frames).check(max_miou_drop=1.0)
+
+
+class _GraphReference(Reference):
+    """A reference that is not PyTorch: the bundle's own FP32 graph in ONNX Runtime."""
+
+    description = "the fp32 graph"
+
+    def __init__(self, bundle: Path) -> None:
+        from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(Bundle.load(bundle).graph("fp32"))
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        out = self.backend.infer({"image": batch}, ["mask", "logits"])
+        return out["mask"][0], out["logits"][0]
+
+
+def test_any_reference_compares_without_torch(tiny_bundle: Path) -> None:
+    frames = np.random.default_rng(6).integers(0, 256, (3, 40, 60, 3), dtype=np.uint8)
+    reference = _GraphReference(tiny_bundle)
+    report = compare(tiny_bundle, reference, frames)
+    (result,) = report.artefacts
+    assert reference.calls == 3 and report.reference == "the fp32 graph"
+    assert result.figures["agreement"] == 1.0 and result.figures["max_abs_error"] == 0.0
+    # the PyTorch reference of the same bundle goes through converters.reference, lazily
+    assert compare(tiny_bundle, tiny_module(), frames).reference == "Tiny"
 
 
 def test_label_shape_mismatch_is_named(tiny_bundle: Path) -> None:

@@ -952,13 +952,29 @@ def test_cuda_graph_capture_and_fallback(
 
 
 def test_segmenter_auto_builds_and_runs_an_engine(
-    stand_ins: types.SimpleNamespace, tiny_bundle: Path, tmp_path: Path, rng: np.random.Generator
+    stand_ins: types.SimpleNamespace,
+    tiny_bundle: Path,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Control flow only: auto picks TensorRT, builds the missing engine, runs it."""
+    """Control flow only: auto picks TensorRT, builds the missing engine, runs it; the engine
+    is chosen once per Segmenter (the build returns its record: nothing is chosen again)."""
+    import edgeseg.runtime.backends as backends
+
+    choices: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        choice = choose_engine(*args, **kwargs)
+        choices.append(choice.action)
+        return choice
+
+    monkeypatch.setattr(backends, "choose_engine", counted)
     path = _copy(tiny_bundle, tmp_path)
     frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
     with edgeseg.Segmenter(path, outputs=["probs"]) as seg:
-        assert seg.backend_name == "tensorrt"
+        assert seg.backend_name == "tensorrt" and choices == ["build"]
+        assert len(seg.bundle.manifest.engines) == 1  # the Segmenter holds the rewritten bundle
         result = seg(frame)
     np.testing.assert_array_equal(result.mask, frame[..., 0] % 4)
     assert result.probs is not None and result.probs.shape == (4, 64, 96)
@@ -966,6 +982,7 @@ def test_segmenter_auto_builds_and_runs_an_engine(
     with edgeseg.Segmenter(path, backend="tensorrt", cuda_graph=True) as seg:
         seg(frame)
         np.testing.assert_array_equal(seg(frame).mask, frame[..., 0] % 4)
+    assert choices == ["build", "use"]
     builds = [c for c in stand_ins.trt.calls if c[0] == "build"]
     assert len(builds) == 1  # the second Segmenter used the engine the first one built
 
