@@ -359,7 +359,7 @@ def calibrate_bundle(
         files={},  # write_bundle records the files it writes
     )
     say(f"writing {loaded.path}")
-    return write_bundle(loaded.path, updated, files, overwrite=True)
+    return write_bundle(loaded.path, updated, files, overwrite=True, base=loaded)
 
 
 def _calibrate_options(

@@ -791,7 +791,7 @@ def _add_engine(
             f"into {loaded.path}"
         )
         updated = write_bundle(
-            loaded.path, replace(manifest, engines=engines), files, overwrite=True
+            loaded.path, replace(manifest, engines=engines), files, overwrite=True, base=loaded
         )
         return updated, entry
 
@@ -825,7 +825,7 @@ def add_plugin_library(
     loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     files: dict[str, bytes | Path] = {n: loaded.path / n for n in loaded.manifest.files}
     files[PLUGIN_LIBRARY] = source
-    return write_bundle(loaded.path, loaded.manifest, files, overwrite=True)
+    return write_bundle(loaded.path, loaded.manifest, files, overwrite=True, base=loaded)
 
 
 def engine_for_build(

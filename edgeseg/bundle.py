@@ -11,14 +11,18 @@ beside the destination, which is renamed into place once complete.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from edgeseg.errors import BundleError, BundleExistsError
@@ -36,6 +40,7 @@ from edgeseg.manifest import (
 log = logging.getLogger(__name__)
 
 SUFFIX = ".edgeseg"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is kilobytes; more is not a manifest
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -65,56 +70,90 @@ class Bundle:
     """A loaded, verified bundle.
 
     Use :meth:`load`; :func:`write_bundle` creates one.
+
+    Attributes:
+        path: the bundle directory.
+        manifest: its parsed, checked manifest.
+        manifest_sha256: the sha256 of the ``manifest.json`` bytes it was read from: a
+            rewrite (``write_bundle(..., base=bundle)``) refuses to replace a bundle
+            that changed since.
     """
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, manifest_sha256: str = "") -> None:
         self.path = path
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
         """Reads a bundle's manifest and, by default, verifies every file.
 
+        A bundle left half-replaced by an interrupted rewrite (its previous
+        version stranded beside it) is put back first. The read holds a
+        shared lock on the bundle's folder, so a concurrent rewrite never
+        swaps the files under it.
+
         Args:
             path: the bundle directory.
-            verify: check size and sha256 of every file listed in the manifest.
+            verify: check size and sha256 of every file listed in the manifest,
+                and that the folder holds nothing else.
 
         Raises:
-            BundleError: the directory, manifest or a file is missing, malformed
-                or altered; the message names it.
+            BundleError: the directory, manifest or a file is missing, malformed,
+                not a regular file, unlisted or altered; the message names it.
         """
         root = Path(path)
         if not root.exists():
-            raise BundleError(f"bundle {root} does not exist")
-        if not root.is_dir():
-            raise BundleError(f"bundle {root} is not a directory (a bundle is a NAME{SUFFIX}/ folder)")
-        manifest_path = root / MANIFEST_NAME
-        try:
-            text = manifest_path.read_text(encoding="utf-8")
-        except FileNotFoundError as err:
-            raise BundleError(f"bundle {root} has no {MANIFEST_NAME}") from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise BundleError(f"cannot read {manifest_path}: {err}") from err
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BundleError(f"{manifest_path} is not valid JSON: {err}") from err
-        manifest = Manifest.from_json(data, where=str(manifest_path))
-        bundle = cls(root, manifest)
-        if verify:
-            bundle.verify()
+            with bundle_lock(root):
+                _recover(root)
+        with bundle_lock(root, shared=True):
+            if not root.exists():
+                raise BundleError(f"bundle {root} does not exist")
+            if not root.is_dir():
+                raise BundleError(f"bundle {root} is not a directory (a bundle is a NAME{SUFFIX}/ folder)")
+            manifest_path = root / MANIFEST_NAME
+            raw = _read_manifest(root, manifest_path)
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise BundleError(f"{manifest_path} is not valid JSON: {err}") from err
+            manifest = Manifest.from_json(data, where=str(manifest_path))
+            bundle = cls(root, manifest, hashlib.sha256(raw).hexdigest())
+            if verify:
+                bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        """Checks that every listed file exists with its recorded size and sha256.
+        """Checks that every listed file is a regular file of its recorded size and sha256,
+        and that the folder holds no file the manifest does not list (a graph's external
+        data, say, that would be read unchecked).
 
         Raises:
-            BundleError: naming the first file that is missing, truncated or altered.
+            BundleError: naming the first file that is missing, unlisted, truncated or altered.
         """
+        listed = set(self.manifest.files)
+        try:
+            present = set(os.listdir(self.path))
+        except OSError as err:
+            raise BundleError(f"cannot list bundle {self.path}: {err.strerror or err}") from err
+        unlisted = sorted(present - listed - {MANIFEST_NAME})
+        if unlisted:
+            raise BundleError(
+                f"bundle {self.path} holds {len(unlisted)} file(s) its manifest does not list "
+                f"({', '.join(unlisted[:5])}{', ...' if len(unlisted) > 5 else ''}): a graph could "
+                "read them unchecked; remove them, or rebuild the bundle"
+            )
         for name, info in self.manifest.files.items():
             file = self.path / name
-            if not file.is_file():
+            if name not in present:
                 raise BundleError(f"bundle {self.path}: file {name} is missing")
+            mode = file.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                raise BundleError(
+                    f"bundle {self.path}: {name} is not a regular file "
+                    f"({'a symbolic link' if stat.S_ISLNK(mode) else 'a device, pipe or folder'}); "
+                    "a bundle holds its files itself"
+                )
             size = file.stat().st_size
             if size != info.bytes:
                 raise BundleError(
@@ -163,26 +202,36 @@ def write_bundle(
     files: Mapping[str, bytes | Path],
     *,
     overwrite: bool = False,
+    base: Bundle | None = None,
 ) -> Bundle:
     """Writes a bundle atomically.
 
     The files and the manifest (with checksums filled in) go to a temporary
-    directory beside ``path``, which is then renamed into place. An existing
-    bundle is only replaced with ``overwrite=True``, and then only after the new
-    one is complete.
+    directory beside ``path``; then, holding an exclusive lock on the folder
+    that contains the bundle, the new directory takes the old one's place in
+    one atomic exchange (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two
+    renames, and a previous version stranded by a signal between them is put
+    back by the next load or write). So the path always names a complete
+    bundle, concurrent rewrites are serialised, and readers never see a
+    half-swapped one. The new folder's mode follows the umask.
 
     Args:
         path: destination directory (``.edgeseg`` is appended if missing).
         manifest: the manifest; its ``files`` entry is computed here.
         files: name -> content (bytes) or a path to copy.
         overwrite: replace an existing bundle.
+        base: the loaded bundle this rewrite was made from: if the bundle at
+            ``path`` changed since it was loaded (another process rewrote it),
+            nothing is written, so neither rewrite is silently lost.
 
     Returns:
         The written bundle, loaded back and verified.
 
     Raises:
         BundleExistsError: ``path`` exists and ``overwrite`` is false.
-        BundleError: the files do not match the manifest's graphs, or writing failed.
+        BundleError: the files do not match the manifest's graphs, the bundle
+            changed since ``base`` was loaded, or writing failed (the message
+            names the path and the reason).
     """
     out = bundle_path(path)
     if out.exists() and not overwrite:
@@ -190,8 +239,12 @@ def write_bundle(
     missing = [name for name in manifest.graphs.values() if name not in files]
     if missing:
         raise BundleError(f"bundle {out}: graph files {missing} were not given")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, _dir_mode())
+    except OSError as err:
+        raise BundleError(f"cannot write bundle {out}: {err.strerror or err}") from err
     try:
         records: dict[str, FileRecord] = {}
         for name, content in files.items():
@@ -206,12 +259,73 @@ def write_bundle(
         final = dataclasses.replace(manifest, files=records, schema_version=SCHEMA_VERSION)
         final.validate(where=f"{out}/{MANIFEST_NAME}")
         _write_text_synced(tmp / MANIFEST_NAME, json.dumps(final.to_json(), indent=2) + "\n")
-        _replace_dir(tmp, out)
+        with bundle_lock(out):
+            _recover(out)
+            if out.exists() and not overwrite:
+                raise BundleExistsError(
+                    f"{out} already exists; pass overwrite=True (--force) to replace it"
+                )
+            if base is not None:
+                _check_unchanged(out, base)
+            _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote bundle %s", out)
     return Bundle.load(out)
+
+
+def _check_unchanged(out: Path, base: Bundle) -> None:
+    """BundleError unless the manifest at ``out`` is the one ``base`` was loaded from."""
+    try:
+        current = hashlib.sha256((out / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        current = None
+    if current != base.manifest_sha256:
+        raise BundleError(
+            f"bundle {out} was rewritten by another process since it was loaded (its manifest "
+            "changed); nothing was written, so neither change is lost: run the command again"
+        )
+
+
+@contextlib.contextmanager
+def bundle_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Holds a lock on the folder that contains bundle ``path`` (``flock`` on the folder
+    itself, so no lock file is left behind): exclusive for rewrites, shared for reads.
+
+    Where the folder cannot be locked (no ``fcntl``, or a folder that cannot be
+    opened), the lock is skipped: such a folder cannot be rewritten concurrently
+    by this process's code anyway.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Linux/macOS
+        yield
+        return
+    try:
+        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _recover(out: Path) -> None:
+    """Puts back a bundle whose rewrite was interrupted between its two renames.
+
+    Called holding the exclusive lock: if ``out`` is missing and exactly one
+    previous version (``.NAME.old-*``) stands beside it, it is renamed back.
+    """
+    if out.exists():
+        return
+    stranded = sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else []
+    if len(stranded) == 1 and (stranded[0] / MANIFEST_NAME).is_file():
+        os.rename(stranded[0], out)
+        log.warning("restored %s from %s, left by an interrupted rewrite", out, stranded[0].name)
 
 
 def _write_text_synced(path: Path, text: str) -> None:
@@ -221,20 +335,75 @@ def _write_text_synced(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Renames ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    old.rmdir()
-    os.replace(dst, old)
+def _dir_mode() -> int:
+    """The mode a new folder gets under this process's umask (mkdtemp's is always 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
     try:
-        os.replace(src, dst)
-    except OSError:
-        os.replace(old, dst)  # put the previous bundle back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Puts ``src`` at ``dst``: renamed when ``dst`` is absent, else exchanged atomically
+    (the previous bundle, now at ``src``, removed); where exchange is not available, the
+    previous bundle is renamed aside first and put back if the second rename fails.
+
+    Raises:
+        BundleError: a rename failed; the previous bundle is still at ``dst``.
+    """
+    try:
+        if not dst.exists():
+            os.rename(src, dst)
+            return
+        if _exchange(src, dst):
+            shutil.rmtree(src, ignore_errors=True)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        old.rmdir()
+        os.rename(dst, old)
+        try:
+            os.rename(src, dst)
+        except BaseException:
+            os.rename(old, dst)  # put the previous bundle back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        raise BundleError(f"cannot replace bundle {dst}: {err.strerror or err}") from err
+
+
+def _read_manifest(root: Path, path: Path) -> bytes:
+    """The manifest's bytes; it must be a regular file of sane size (not a pipe, a device,
+    or a link to one, which would hang or exhaust memory)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError as err:
+        raise BundleError(f"bundle {root} has no {MANIFEST_NAME}") from err
+    except OSError as err:
+        raise BundleError(f"cannot read {path}: {err.strerror or err}") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{path} is not a regular file (a link, pipe or device); a bundle holds its manifest itself")
+    if info.st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} has {info.st_size} bytes; a manifest has at most {MAX_MANIFEST_BYTES}")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise BundleError(f"cannot read {path}: {err.strerror or err}") from err
 
 
 def class_names(classes: Sequence[str] | None, num_classes: int | None) -> list[str]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +223,123 @@ def test_manifest_records_are_typed(written: Bundle) -> None:
     assert m.replace(precision="fp32") == m
     with pytest.raises(BundleError, match=r"manifest: precision must be one of fp32, fp16, int8"):
         m.replace(precision="fp64")
+
+
+# -- writes: atomic, serialised, umask modes; loads: regular files only, nothing unlisted ------
+
+
+def test_modes_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        first = write_bundle(tmp_path / "m", _manifest(), {"model.onnx": b"g"})
+        assert stat.S_IMODE(first.path.stat().st_mode) == 0o755  # not mkdtemp's 0700
+        again = write_bundle(first.path, _manifest(), {"model.onnx": b"h"}, overwrite=True)
+        assert stat.S_IMODE(again.path.stat().st_mode) == 0o755
+        assert stat.S_IMODE((again.path / "model.onnx").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_the_rewrite_is_one_atomic_exchange(tmp_path: Path) -> None:
+    from edgeseg.bundle import _exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "x").write_text("b")
+    if not _exchange(a, b):
+        pytest.skip("this file system has no renameat2(RENAME_EXCHANGE); the two-rename path runs")
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+@pytest.mark.parametrize("interrupt", [OSError("disk gone"), KeyboardInterrupt()])
+def test_without_exchange_a_failed_second_rename_puts_the_old_bundle_back(
+    written: Bundle, monkeypatch: pytest.MonkeyPatch, interrupt: BaseException
+) -> None:
+    import edgeseg.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+    calls: list[tuple[str, str]] = []
+
+    def rename(src: Any, dst: Any) -> None:
+        calls.append((str(src), str(dst)))
+        if len(calls) == 2:  # the new bundle into place: a signal or an error right there
+            raise interrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(bundle_module.os, "rename", rename)
+    with pytest.raises((BundleError, KeyboardInterrupt)):
+        write_bundle(written.path, _manifest(), {"model.onnx": b"new"}, overwrite=True)
+    monkeypatch.setattr(bundle_module.os, "rename", real_rename)
+    assert (written.path / "model.onnx").read_bytes() == b"graph-bytes" * 100
+    assert sorted(p.name for p in written.path.parent.iterdir()) == [written.path.name]
+
+
+def test_a_stranded_previous_bundle_is_restored_by_the_next_load(written: Bundle) -> None:
+    # what a SIGKILL between the two renames of the fallback path leaves: no bundle, the old aside
+    stranded = written.path.parent / f".{written.path.name}.old-x1"
+    os.rename(written.path, stranded)
+    loaded = Bundle.load(written.path)
+    assert loaded.manifest.files["model.onnx"].bytes == 1100 and not stranded.exists()
+
+
+def test_a_rewrite_from_a_stale_load_is_refused_not_lost(written: Bundle) -> None:
+    first = Bundle.load(written.path)
+    second = Bundle.load(written.path)
+    write_bundle(first.path, _manifest(), {"model.onnx": b"one"}, overwrite=True, base=first)
+    with pytest.raises(BundleError, match="was rewritten by another process since it was loaded"):
+        write_bundle(second.path, _manifest(), {"model.onnx": b"two"}, overwrite=True, base=second)
+    assert (written.path / "model.onnx").read_bytes() == b"one"  # the first rewrite stands
+
+
+def test_readers_never_see_a_half_swapped_bundle(written: Bundle) -> None:
+    errors: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                Bundle.load(written.path)
+            except BundleError as err:
+                errors.append(str(err))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(40):
+            write_bundle(written.path, _manifest(), {"model.onnx": bytes([i]) * 500}, overwrite=True)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+
+
+def test_unlisted_and_irregular_files_are_refused(written: Bundle, tmp_path: Path) -> None:
+    (written.path / "model.onnx.data").write_bytes(b"weights a graph could read unchecked")
+    with pytest.raises(BundleError, match=r"holds 1 file\(s\) its manifest does not list \(model.onnx.data\)"):
+        Bundle.load(written.path)
+    (written.path / "model.onnx.data").unlink()
+    graph = written.path / "model.onnx"
+    real = tmp_path / "elsewhere.onnx"
+    real.write_bytes(graph.read_bytes())
+    graph.unlink()
+    graph.symlink_to(real)
+    with pytest.raises(BundleError, match="model.onnx is not a regular file \\(a symbolic link\\)"):
+        Bundle.load(written.path)
+
+
+@pytest.mark.timeout(20)
+def test_a_manifest_that_is_a_pipe_or_a_device_fails_fast(written: Bundle) -> None:
+    manifest = written.path / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)  # reading it would block forever
+    with pytest.raises(BundleError, match="manifest.json is not a regular file"):
+        Bundle.load(written.path)
+    manifest.unlink()
+    manifest.symlink_to("/dev/zero")  # reading it would exhaust memory
+    with pytest.raises(BundleError, match="manifest.json is not a regular file"):
+        Bundle.load(written.path)
