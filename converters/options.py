@@ -45,6 +45,13 @@ DEFAULT_PLACEMENT = "cpu"
 # The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
 DEFAULT_TRT_CACHE_VERSION = "10.3.0"
 DEFAULT_OPSET = 19  # DeformConv needs 19; TensorRT 10.3's parser reads up to 20
+MIN_OPSET = 19  # ONNX DeformConv, which the zoo's deformable options export to, is opset 19
+# The newest opset torch.onnx says it supports (torch.onnx._constants.ONNX_MAX_OPSET, 23 in
+# torch 2.14). A constant because this module must not import torch (a private module of it at
+# that); tests/converters/test_options.py holds it equal to the installed torch's. Above it the
+# exporter leans on ONNX's version converter, which gives up past ONNX's own newest opset and
+# leaves the exporter's opset 18 in the graph while the manifest would record the one asked for.
+MAX_OPSET = 23
 METHODS = QUANT_METHODS
 PLACEMENTS = QDQ_PLACEMENTS
 DEFAULT_METHOD = "entropy"
@@ -100,7 +107,7 @@ class ModelOptions(_Group):
         dynamic: symbolic height and width in the graph.
         multiple_of: with ``dynamic``, sides must be multiples of this (None: the zoo
             model's own, 32 for modules).
-        opset: ONNX opset (>= 19).
+        opset: ONNX opset, :data:`MIN_OPSET` (19) to :data:`MAX_OPSET` (23).
     """
 
     classes: tuple[str, ...] | None = None
@@ -149,8 +156,11 @@ class ModelOptions(_Group):
             raise ConfigError(f"dynamic must be True or False, got {self.dynamic!r}")
         if self.multiple_of is not None and (not _is_int(self.multiple_of) or self.multiple_of < 1):
             raise ConfigError(f"multiple_of must be >= 1, got {self.multiple_of!r}")
-        if not _is_int(self.opset):
-            raise ConfigError(f"opset must be an integer, got {self.opset!r}")
+        if not _is_int(self.opset) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(
+                f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET} (what torch.onnx's exporter "
+                f"writes and ONNX DeformConv needs), got {self.opset!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -485,7 +495,9 @@ __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_PLACEMENT",
     "DEFAULT_TRT_CACHE_VERSION",
+    "MAX_OPSET",
     "METHODS",
+    "MIN_OPSET",
     "PLACEMENTS",
     "BuildOptions",
     "CRFOptions",

@@ -183,7 +183,10 @@ def test_crf_params_resolve_lazily() -> None:
         ({"palette": [[0, 0, 0], "red"]}, r"palette entry 1 is 'red'"),
         ({"dynamic": "yes"}, r"dynamic must be True or False, got 'yes'"),
         ({"multiple_of": 0}, r"multiple_of must be >= 1, got 0"),
-        ({"opset": "19"}, r"opset must be an integer, got '19'"),
+        ({"opset": "19"}, r"opset must be an integer from 19 to 23 .*, got '19'"),
+        ({"opset": 99}, r"opset must be an integer from 19 to 23 \(what torch.onnx's exporter writes and ONNX DeformConv needs\), got 99"),
+        ({"opset": 18}, r"opset must be an integer from 19 to 23 .*, got 18"),
+        ({"opset": True}, r"opset must be an integer from 19 to 23 .*, got True"),
         # CheckOptions
         ({"num_samples": 0}, r"num_samples must be >= 1, got 0"),
         ({"label_format": "png"}, r"label_format must be one of auto, ids, voc, cityscapes, got 'png'"),
@@ -254,3 +257,13 @@ def test_calibrate_bundle_defaults() -> None:
     assert quant == QuantOptions(calib="frames", seed=3) and check == CALIBRATE_CHECK
     quant, check = _calibrate_options(None, QuantOptions(calib="x"), CheckOptions(), {})
     assert quant.calib == "x" and check.num_samples == CheckOptions().num_samples
+
+
+def test_opset_range_is_what_the_installed_exporter_supports() -> None:
+    """MAX_OPSET is torch.onnx's own ceiling (a constant so that converters.options needs no torch)."""
+    torch_constants = pytest.importorskip("torch.onnx._constants")
+    from converters.options import MAX_OPSET, MIN_OPSET
+
+    assert MAX_OPSET == torch_constants.ONNX_MAX_OPSET
+    assert MIN_OPSET == 19 and ModelOptions(opset=MIN_OPSET).opset == 19
+    assert ModelOptions(opset=MAX_OPSET).opset == MAX_OPSET
