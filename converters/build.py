@@ -47,7 +47,7 @@ from converters.options import (
     BuildOptions,
     ModelOptions,
 )
-from converters.passes import select_outputs
+from converters.passes import select_outputs, with_metadata
 from converters.precision import GRAPH_FILES, EvalSet, Lowered, load_eval_set, lower_precision
 from converters.samples import load_samples, synthetic_images
 from converters.tensorrt import engine_for_build, op_types_of
@@ -65,6 +65,7 @@ from edgeseg.errors import BundleExistsError, ConfigError, ParityError
 from edgeseg.parity import Accumulator
 from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgeseg.runtime.contract import NUM_CLASSES_KEY
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,10 @@ def write_step(
         graphs[lowered.precision] = lowered.graph
     if crf is not None and crf.mode == "fused":
         graphs = {precision: fuse_crf(graph, crf.graph) for precision, graph in graphs.items()}
-    final = {GRAPH_FILES[p]: select_outputs(graph, wanted) for p, graph in graphs.items()}
+    stamp = {NUM_CLASSES_KEY: str(len(resolved.classes))}  # checked against the manifest on load
+    final = {
+        GRAPH_FILES[p]: with_metadata(select_outputs(graph, wanted), stamp) for p, graph in graphs.items()
+    }
     if crf is not None and crf.mode == "separate":
         final[CRF_FILE] = crf.graph
     files: dict[str, bytes] = {name: graph.SerializeToString() for name, graph in final.items()}

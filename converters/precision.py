@@ -21,11 +21,13 @@ import onnx
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
 from calibration.quantize import collect_statistics, quantize, quantized_nodes
 from converters.options import CALIBRATE_CHECK, DEFAULT_EVAL_IMAGES, CheckOptions, QuantOptions
+from converters.passes import with_metadata
 from converters.tensorrt import op_types_of
 from edgeseg.bundle import InputSpec
 from edgeseg.errors import ConfigError, ParityError
 from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 from edgeseg.progress import Count, Say, say_or_log
+from edgeseg.runtime.contract import NUM_CLASSES_KEY
 from edgeseg.runtime.frames import load_frames
 
 log = logging.getLogger(__name__)
@@ -349,7 +351,8 @@ def calibrate_bundle(
     files: dict[str, bytes | Path] = {
         n: loaded.path / n for n in manifest.files if n not in (name, TRT_CACHE_FILE)
     }
-    files[name] = lowered.graph.SerializeToString()
+    stamp = {NUM_CLASSES_KEY: str(manifest.num_classes)}  # checked against the manifest on load
+    files[name] = with_metadata(lowered.graph, stamp).SerializeToString()
     files.update(lowered.extra_files)
     updated = manifest.replace(
         precision="int8" if make_default else manifest.precision,

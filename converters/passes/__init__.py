@@ -6,6 +6,7 @@ from converters.passes.graph import (
     simplify,
     strip_metadata,
     topological_sort,
+    with_metadata,
 )
 
-__all__ = ["prune_unused", "select_outputs", "simplify", "strip_metadata", "topological_sort"]
+__all__ = ["prune_unused", "select_outputs", "simplify", "strip_metadata", "topological_sort", "with_metadata"]

@@ -112,6 +112,17 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def with_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    """A copy with model-level metadata properties set (replacing ones of the same key)."""
+    out = _copy(model)
+    kept = [(p.key, p.value) for p in out.metadata_props if p.key not in props]
+    del out.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        entry = out.metadata_props.add()
+        entry.key, entry.value = key, value
+    return out
+
+
 def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drops exporter bookkeeping (per-node/-value metadata, doc strings) that only bloats the file."""
     out = _copy(model)

@@ -147,6 +147,7 @@ def open_backend(
     precision: str | None = None,
     *,
     engine_builder: EngineBuilder | None = None,
+    allow_plugins: bool = False,
     **options: Any,
 ) -> tuple[Backend, Bundle]:
     """Opens the backend a :class:`BackendChoice` names for the bundle's graph of ``precision``.
@@ -155,12 +156,19 @@ def open_backend(
     choice names, built first with ``engine_builder`` when the choice says
     ``build`` (which rewrites the bundle).
 
+    A plugin library that the bundle carries is native code that its author
+    (or anyone who recomputed its checksums) chose: it is loaded only with
+    ``allow_plugins=True``. Libraries named in ``plugins=[...]`` are the
+    caller's own choice and always load.
+
     Returns:
         The backend, and the bundle (rewritten when an engine was added).
 
     Raises:
         EngineMismatchError: an engine must be built and ``engine_builder`` is None.
-        BackendError, MissingDependencyError: from the backend.
+        BackendError: the engine needs the bundle's plugin library and ``allow_plugins``
+            is False; or from the backend.
+        MissingDependencyError: from the backend.
     """
     precision = precision or bundle.manifest.precision
     if choice.name == "tensorrt":
@@ -169,9 +177,18 @@ def open_backend(
 
         if choice.engine.action == "build":
             log.warning("%s (this takes a while)", choice.engine.reason)
+        extra = list(options.pop("plugins", ()))
+        record = choice.engine.record  # the engine used, or the one a build replaces
+        if record is not None and record.plugins and not allow_plugins and not extra:
+            raise BackendError(
+                f"{record.file} needs the plugin library {', '.join(record.plugins)} that "
+                f"{bundle.path} carries; loading it runs that library's code, so it is not loaded "
+                "unasked: pass allow_plugins=True (--allow-plugins) if you trust this bundle, or "
+                "plugins=[PATH] to a library you built (edgeseg plugins build)"
+            )
         resolved = resolve_engine(bundle, choice.engine, engine_builder)
-        extra = options.pop("plugins", ())
-        backend = TensorRTBackend(resolved.path, plugins=[*resolved.plugins, *extra], **options)
+        chosen = extra if extra else list(resolved.plugins)
+        backend = TensorRTBackend(resolved.path, plugins=chosen, **options)
         return backend, resolved.bundle
     return create_backend("onnxruntime", bundle.graph(precision), **options), bundle
 

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a graph or engine, as the backend loaded it.
+
+    Attributes:
+        name: the tensor's name.
+        dtype: its NumPy dtype name (``uint8``, ``float32``, ...).
+        shape: its dimensions, None where one is symbolic (dynamic).
+        is_input: an input (else an output).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    is_input: bool
 
 
 class Backend(abc.ABC):
@@ -37,6 +55,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Releases the backend's resources; calling it again does nothing."""
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        """Every input and output as loaded (empty where a backend cannot tell)."""
+        return {}
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The graph's metadata properties (``edgeseg.num_classes``, ...), where the backend keeps them."""
+        return {}
 
     def end_profiling(self) -> str | None:
         """Stops per-layer profiling and returns the profile file, where the backend has one."""

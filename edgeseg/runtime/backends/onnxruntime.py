@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 
 from edgeseg.errors import BackendError, MissingDependencyError
-from edgeseg.runtime.backends.base import Backend
+from edgeseg.runtime.backends.base import Backend, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,24 @@ class OnnxRuntimeBackend(Backend):
     def description(self) -> str:
         return f"onnxruntime {_import_ort().__version__} ({', '.join(self._providers)})"
 
+    def tensors(self) -> dict[str, TensorInfo]:
+        ios = [(a, True) for a in self._session.get_inputs()] + [
+            (a, False) for a in self._session.get_outputs()
+        ]
+        return {
+            arg.name: TensorInfo(
+                arg.name,
+                _ORT_TYPES.get(arg.type, arg.type),
+                tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape),
+                is_input,
+            )
+            for arg, is_input in ios
+        }
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
     def input_shape(self, name: str) -> list[int | str | None]:
         for i in self._session.get_inputs():
             if i.name == name:
@@ -129,6 +147,19 @@ class OnnxRuntimeBackend(Backend):
         if not self._closed:
             self._closed = True
             del self._session
+
+
+# ONNX Runtime's tensor type names -> NumPy dtype names
+_ORT_TYPES = {
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
 
 
 def _cpu_count() -> int:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from edgeseg.errors import BackendError, ConfigError
-from edgeseg.runtime.backends.base import Backend
+from edgeseg.runtime.backends.base import Backend, TensorInfo
 from edgeseg.runtime.backends.tensorrt_lib import (
     import_cudart,
     import_pycuda,
@@ -284,6 +284,14 @@ class TensorRTBackend(Backend):
     def cuda_graph_error(self) -> str | None:
         """Why CUDA-graph capture was given up, if it was."""
         return self._graph_error
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return {
+            t.name: TensorInfo(
+                t.name, t.dtype.name, tuple(d if d >= 0 else None for d in t.engine_shape), t.is_input
+            )
+            for t in self._tensors.values()
+        }
 
     def input_shape(self, name: str) -> list[int | None]:
         """The engine's shape of input ``name``; None for dynamic dimensions."""
