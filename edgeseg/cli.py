@@ -1,22 +1,28 @@
 """The ``edgeseg`` command line (click).
 
 Errors edgeseg raises on purpose become one line on stderr and exit code 1;
-bad usage exits 2 (click's convention). Build-time commands import torch
-only when they run; TensorRT is imported only by the commands that use it
-(``build --target tensorrt``, ``engine``, ``run``/``profile`` with
-``--backend tensorrt`` or ``auto`` on a GPU). ``doctor`` exits 0 when the
-TensorRT path is ready and 1 when it is not.
+bad usage exits 2 (click's convention); log records never carry a traceback
+unless ``-vv`` asks for debug output. Every command checks its output paths
+(:func:`check_output`) and its cheap arguments before it imports torch or
+starts work, so a typo costs no export and no profiling run. Build-time
+commands import torch only when they run; TensorRT is imported only by the
+commands that use it (``build --target tensorrt``, ``engine``,
+``run``/``profile`` with ``--backend tensorrt`` or ``auto`` on a GPU).
+``doctor`` exits 0 when the TensorRT path is ready and 1 when it is not.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +42,16 @@ from converters.options import (
 )
 from converters.tensorrt import DEFORM_MODES, TARGETS, EngineConfig
 from edgeseg import __version__
-from edgeseg.bundle import CRF_MODES, PRECISIONS
-from edgeseg.errors import ConfigError, EdgesegError, SourceError
+from edgeseg.bundle import CRF_MODES, PRECISIONS, bundle_path
+from edgeseg.errors import (
+    BackendError,
+    BundleExistsError,
+    ConfigError,
+    EdgesegError,
+    MissingDependencyError,
+    SourceError,
+    UnknownModelError,
+)
 from edgeseg.labels import LABEL_FORMATS
 from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 
@@ -45,6 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgeseg.manifest import Manifest
 
 log = logging.getLogger("edgeseg")
+
+# The zoo's model names, so that `build --model` is checked before torch is imported:
+# edgeseg.models.registry imports torch at its top. tests/test_cli.py holds this equal to the
+# registry's names.
+ZOO_MODELS = ("deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "unet")
 
 
 class _Group(click.Group):
@@ -90,7 +109,9 @@ def _size_callback(ctx: click.Context, param: click.Parameter, value: str | None
 def cli(verbose: int) -> None:
     """edgeseg: segmentation models to deployable bundles, and a runtime for them."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter(tracebacks=verbose >= 2))
+    logging.basicConfig(level=level, handlers=[handler])
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
 
@@ -98,6 +119,91 @@ def cli(verbose: int) -> None:
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """Warnings as one line on stderr, without the source line that Python would print."""
     click.echo(f"warning: {message}", err=True)
+
+
+class _LogFormatter(logging.Formatter):
+    """``LEVEL name: message``, one line: a record's traceback is shown only with -vv.
+
+    A stage of the stream pipeline logs the exception that stopped it; the command then
+    reports the same failure as its one-line error.
+    """
+
+    def __init__(self, *, tracebacks: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.tracebacks:
+            return super().format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def check_output(path: Path, option: str, *, folder: bool) -> Path:
+    """Refuses an output path the command could not write, before any work starts.
+
+    A file output must not be an existing folder, a folder output not an existing
+    file; the nearest folder that exists on the way (the output folder itself, the
+    parent, or further up: missing folders are created) must take a new file, which
+    is tried, as permission bits say nothing for root or for /proc.
+
+    Args:
+        path: the output, as the user gave it.
+        option: the flag it came from, for the message (``--json``).
+        folder: the command writes a folder there (else one file).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: naming the option, the path and what was expected.
+    """
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is an existing file; {option} takes a folder")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} {path} is an existing folder; {option} takes a file name")
+    where = path if folder and path.is_dir() else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"{option} {path}: {where} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".edgeseg-write-check-", dir=where)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot create files in {where} ({err.strerror or err})") from err
+    os.close(handle)
+    os.unlink(probe)
+    if not folder and path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as err:
+            raise ConfigError(f"{option} {path}: cannot write it ({err.strerror or err})") from err
+    return path
+
+
+def _check_input(path: Path | None, option: str) -> None:
+    """Refuses an input path that does not exist, before any work starts.
+
+    Raises:
+        ConfigError: naming the option and the path.
+    """
+    if path is not None and not path.exists():
+        raise ConfigError(f"{option} {path} does not exist")
+
+
+def check_model_name(name: str) -> None:
+    """Refuses a name that is not a zoo model's, without importing the zoo (torch).
+
+    Raises:
+        UnknownModelError: listing the valid names, as the registry's own lookup does.
+    """
+    if name not in ZOO_MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(sorted(ZOO_MODELS))}")
 
 
 @cli.command("models")
@@ -284,25 +390,26 @@ _AGREEMENT = DEFAULT_MIN_AGREEMENT
 @_engine_options
 def build_cmd(model_name: str, out: Path | None, **given: Any) -> None:
     """Build a bundle from a zoo model: export, check parity, write NAME.edgeseg/ (and an engine)."""
-    from edgeseg._lazy import import_build_module
+    # Everything that needs no torch is checked first: the import alone takes seconds.
+    check_model_name(model_name)
+    destination = bundle_path(out if out is not None else Path(f"{model_name}.edgeseg"))
+    if destination.exists() and not destination.is_dir():
+        raise ConfigError(f"--out {destination} is an existing file; a bundle is a folder")
+    if destination.exists() and not given["overwrite"]:
+        raise BundleExistsError(f"--out {destination} already exists; pass --force to replace it")
+    check_output(destination, "--out", folder=True)
 
-    builder = import_build_module()
-    from edgeseg import models as zoo
-
-    spec = zoo.get_spec(model_name)
-
-    def zoo_options(items: tuple[str, ...]) -> dict[str, Any]:
-        parsed: dict[str, Any] = {}
+    def option_texts(items: tuple[str, ...]) -> dict[str, str]:
+        texts: dict[str, str] = {}
         for item in items:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"--option {item!r} is not KEY=VALUE")
-            parsed[key.strip()] = zoo.parse_option(key.strip(), spec, value.strip())
-        return parsed
+            texts[key.strip()] = value.strip()
+        return texts
 
     # the flags whose text build() takes in another form; the others pass as they are
     parse: dict[str, Callable[[Any], Any]] = {
-        "options": zoo_options,
         "classes": _read_classes,
         "in_channels": int,
         "mean": lambda text: _floats(text, "--mean"),
@@ -312,11 +419,25 @@ def build_cmd(model_name: str, out: Path | None, **given: Any) -> None:
         "crf_params": _crf_settings,
     }
     values = {k: parse[k](v) if k in parse else v for k, v in _given(**given).items()}
-    config = BuildOptions.from_kwargs(**values, engine=_engine_config(values))
+    texts = option_texts(values.pop("options", ()))
+    engine = _engine_config(values)
+    config = BuildOptions.from_kwargs(**values, engine=engine)  # the zoo options come below
+    for flag, path in (("--weights", config.model.weights), ("--samples", config.check.samples),
+                       ("--labels", config.check.labels), ("--calib", config.quant.calib),
+                       ("--plugin-library", engine.plugin_library)):
+        _check_input(None if path is None else Path(path), flag)
+
+    from edgeseg._lazy import import_build_module
+
+    builder = import_build_module()
+    from edgeseg import models as zoo
+
+    spec = zoo.get_spec(model_name)
+    if texts:
+        parsed = {key: zoo.parse_option(key, spec, text) for key, text in texts.items()}
+        config = replace(config, model=replace(config.model, options=parsed))
     start = time.perf_counter()
-    bundle = builder.build(
-        model_name, out if out is not None else Path(f"{model_name}.edgeseg"), config=config, progress=_say
-    )
+    bundle = builder.build(model_name, destination, config=config, progress=_say)
     parity = bundle.manifest.parity
     size = bundle.path.joinpath("model.onnx").stat().st_size
     summary = (
@@ -348,10 +469,18 @@ def _engine_lines(manifest: Manifest) -> list[str]:
 @_engine_options
 def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
     """Build a TensorRT engine for this GPU from a bundle's graph and add it to the bundle."""
+    from edgeseg import engines
+
+    config = _engine_config(_given(**options))
+    _check_input(config.plugin_library, "--plugin-library")
+    try:  # before TensorRT: without a GPU there is nothing to build for, installed or not
+        device = engines.probe_device(with_tensorrt=False)
+    except BackendError as err:
+        raise BackendError(f"no NVIDIA GPU here to build an engine for: {err}") from err
     from converters.tensorrt import add_engine
 
     start = time.perf_counter()
-    updated = add_engine(bundle, precision, _engine_config(_given(**options)), progress=_say)
+    updated = add_engine(bundle, precision, config, device=device, progress=_say)
     click.echo(f"added an engine to {updated.path} in {time.perf_counter() - start:.1f}s")
     for line in _engine_lines(updated.manifest):
         click.echo(line)
@@ -398,6 +527,8 @@ def plugins_build_cmd(
     jobs: int | None,
 ) -> None:
     """Compile libedgeseg_plugins.so on this machine (needs nvcc, cmake and TensorRT's headers)."""
+    check_output(out_dir, "--out", folder=True)
+    _check_input(bundle, "--bundle")
     from converters.plugins import build_plugins
 
     library = build_plugins(
@@ -577,18 +708,23 @@ def run_cmd(
     crf: bool | None,
 ) -> None:
     """Segment an image, a folder of images or a video with a bundle."""
-    from edgeseg.runtime import Segmenter
     from edgeseg.runtime.sources import count_frames, source_kind
 
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--alpha must be from 0 to 1, got {alpha}")
     kind = source_kind(source)
-    total = count_frames(source)
-    writer = _OverlayWriter(overlay, kind, alpha) if overlay is not None else None
     if masks is not None:
-        masks.mkdir(parents=True, exist_ok=True)
+        check_output(masks, "--masks", folder=True)
+    writer = _OverlayWriter(overlay, kind, alpha) if overlay is not None else None
+    total = count_frames(source)
+    from edgeseg.runtime import Segmenter
+
     done, bad = 0, []
     infer_ms: list[float] = []
     total_ms: list[float] = []
     with Segmenter(bundle, backend=backend, crf=crf) as seg:
+        if masks is not None:
+            masks.mkdir(parents=True, exist_ok=True)
         try:
             with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
                                    show_pos=True) as bar, \
@@ -609,14 +745,18 @@ def run_cmd(
             if writer is not None:
                 writer.close()
         profile = seg.profile()
+    if done == 0:  # one line: the reason, not a list of skips followed by a verdict
+        if stream.failed:
+            raise SourceError(f"source {source}: no frame could be segmented: {stream.end_reason}")
+        first = f": {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad else ""
+        raise SourceError(f"source {source}: no frame could be segmented ({len(bad)} unreadable){first}")
     for line in bad:
         click.echo(f"skipped {line}", err=True)
-    if done == 0:
-        raise SourceError(f"source {source}: no frame could be segmented ({len(bad)} unreadable)")
     summary = (
         f"segmented {done} frame(s) from {source}"
         + (f", skipped {len(bad)} unreadable" if bad else "")
-        + f"; end-to-end latency median {np.median(total_ms):.1f} ms (inference {np.median(infer_ms):.1f} ms)"
+        + f"; end-to-end (capture to result, including queueing) median {np.median(total_ms):.1f} ms "
+        f"(inference {np.median(infer_ms):.1f} ms)"
     )
     if masks is not None:
         summary += f"; masks in {masks}"
@@ -638,27 +778,42 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 class _OverlayWriter:
-    """Writes overlays as one image, a folder of PNGs, or a video."""
+    """Writes overlays as one image, a folder of PNGs, or a video.
+
+    What ``target`` is follows from its suffix alone: an image suffix is one image
+    (a single-image source only), a video suffix a video, no suffix a folder (as is
+    an existing folder, whatever its name); any other suffix is refused, as a folder
+    silently named ``x.gif`` would be.
+    """
 
     VIDEO = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v", ".mov": "mp4v"}
 
     def __init__(self, target: Path, kind: str, alpha: float) -> None:
-        from edgeseg.runtime.sources import IMAGE_SUFFIXES
+        from edgeseg.runtime.sources import IMAGE_SUFFIXES, import_cv2
 
         self.target, self.alpha = target, alpha
         suffix = target.suffix.lower()
-        if suffix in self.VIDEO:
+        if target.is_dir() or not suffix:
+            self.mode = "folder"
+            check_output(target, "--overlay", folder=True)
+        elif suffix in self.VIDEO:
             self.mode = "video"
+            check_output(target, "--overlay", folder=False)
+            import_cv2()  # the video extra: missing, it fails now rather than after the first frame
         elif suffix in IMAGE_SUFFIXES:
             if kind != "image":
                 raise ConfigError(
                     f"--overlay {target} is one image but the source has many frames; "
-                    "give a folder or a video file (.mp4, .avi)"
+                    f"give a folder or a video file ({', '.join(self.VIDEO)})"
                 )
             self.mode = "image"
+            check_output(target, "--overlay", folder=False)
         else:
-            self.mode = "folder"
-            target.mkdir(parents=True, exist_ok=True)
+            raise ConfigError(
+                f"--overlay {target}: unknown suffix {suffix!r}; give an image "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}), a video ({', '.join(self.VIDEO)}) "
+                "or a folder (a name without a suffix)"
+            )
         self._video: Any = None
 
     def write(
@@ -667,6 +822,8 @@ class _OverlayWriter:
         from edgeseg.runtime.overlay import draw_legend, overlay
 
         blended = draw_legend(overlay(frame, mask, palette, self.alpha), mask, classes, palette)
+        # missing folders are made at the first frame (check_output found where they can go)
+        (self.target if self.mode == "folder" else self.target.parent).mkdir(parents=True, exist_ok=True)
         if self.mode == "image":
             _write_png(self.target, blended)
         elif self.mode == "folder":
@@ -715,8 +872,13 @@ def profile_cmd(
     json_path: Path | None, trace: Path | None, plot: Path | None, backend: str, crf: bool | None,
 ) -> None:
     """Measure latency per stage through the streaming pipeline (p50/p90/p99, fps, jitter)."""
-    import tempfile
-
+    if frames < 1 or warmup < 0:
+        raise ConfigError(f"--frames must be >= 1 and --warmup >= 0, got {frames} and {warmup}")
+    for flag, target in (("--json", json_path), ("--trace", trace), ("--plot", plot)):
+        if target is not None:  # written after the whole run: refused before it
+            check_output(target, flag, folder=False)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise MissingDependencyError(f"--plot {plot} needs matplotlib: pip install matplotlib")
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.profiling import (
         layer_timings_from_onnxruntime,
@@ -726,8 +888,6 @@ def profile_cmd(
     )
     from edgeseg.runtime.profiling import plot as plot_timings
 
-    if frames < 1 or warmup < 0:
-        raise ConfigError(f"--frames must be >= 1 and --warmup >= 0, got {frames} and {warmup}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-profile-") as tmp:
         options: dict[str, Any] = {"profile_dir": tmp} if layers else {}
         with Segmenter(bundle, backend=backend, crf=crf, **options) as seg:
@@ -814,15 +974,26 @@ def parity_cmd(
     max_abs_error: float | None,
 ) -> None:
     """Compare a bundle's graphs with the PyTorch model on real images; exit 1 when they drift."""
+    if max_miou_drop is not None and labels is None:
+        raise ConfigError("--max-miou-drop needs --labels")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement must be a fraction from 0 to 1, got {min_agreement}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    for flag, path in (("--images", images), ("--labels", labels), ("--weights", weights)):
+        _check_input(path, flag)
+    if report_dir is not None:
+        check_output(report_dir, "--report", folder=True)
+    if json_path is not None:
+        check_output(json_path, "--json", folder=False)
+    from edgeseg.bundle import Bundle
+
+    loaded = Bundle.load(bundle)
     from edgeseg._lazy import import_build_module
 
     import_build_module()  # torch is needed for the reference: name the extra if it is missing
-    from edgeseg.bundle import Bundle
     from edgeseg.parity import compare, reference_model
 
-    loaded = Bundle.load(bundle)
-    if max_miou_drop is not None and labels is None:
-        raise ConfigError("--max-miou-drop needs --labels")
     model, described, notes = reference_model(loaded.manifest, weights=weights, factory=factory)
     with click.progressbar(length=0, label="comparing", file=sys.stderr, show_pos=True) as bar:
         def progress(done: int, total: int | None) -> None:
@@ -840,6 +1011,7 @@ def parity_cmd(
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     if report_dir is not None:
         from edgeseg.report import write_report

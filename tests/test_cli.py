@@ -76,6 +76,7 @@ def test_run_folder_writes_masks_and_overlays(cli_bundle: Path, frames: Path, tm
         (frames / "zz_broken.png").unlink()
     assert proc.returncode == 0, proc.stderr
     assert "segmented 3 frame(s)" in proc.stdout and "skipped 1 unreadable" in proc.stdout
+    assert "; end-to-end (capture to result, including queueing) median" in proc.stdout
     assert "skipped zz_broken" in proc.stderr
     masks = sorted((tmp_path / "m").iterdir())
     assert [p.name for p in masks] == ["f0.png", "f1.png", "f2.png"]
@@ -176,10 +177,172 @@ def test_tampered_bundle_is_refused(cli_bundle: Path, tmp_path: Path) -> None:
     assert_one_line_error(edgeseg_cli("info", str(copy)), "does not match its checksum")
 
 
-@pytest.mark.slow
-def test_existing_bundle_needs_force(cli_bundle: Path) -> None:
-    proc = edgeseg_cli("build", "--model", "unet", "--out", str(cli_bundle), "-o", "base_channels=8", "--input-size", "64x64")
-    assert_one_line_error(proc, "already exists; pass overwrite=True (--force)")
+# Runs the CLI in a fresh interpreter and says on its last stderr line whether torch got imported.
+_LIGHT_CLI = """
+import sys
+from edgeseg.cli import main
+sys.argv[0] = "edgeseg"
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+print("torch imported" if "torch" in sys.modules else "no torch", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def light_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess whose stderr ends with ``no torch`` when torch was never imported."""
+    return subprocess.run(
+        [sys.executable, "-c", _LIGHT_CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def assert_refused_before_work(proc: subprocess.CompletedProcess[str], text: str) -> None:
+    """One line, exit 1, and no torch import: the argument was checked before any work."""
+    assert_one_line_error(proc, text)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "no torch", proc.stderr
+    assert [line for line in lines if line.startswith("Error:")] == lines[-2:-1], proc.stderr
+
+
+def test_zoo_names_of_the_cli_are_the_registry_s() -> None:
+    """edgeseg.cli checks --model without importing the zoo (torch): its names are the registry's."""
+    from edgeseg.cli import ZOO_MODELS
+    from edgeseg.models import list_models
+
+    assert ZOO_MODELS == tuple(spec.name for spec in list_models())
+
+
+@pytest.fixture
+def paths(tmp_path: Path, tiny_bundle: Path) -> dict[str, str]:
+    """What the cases below name: a bundle, an image, a folder of images, a file, a folder."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((48, 80, 3), np.uint8)).save(images / "f0.png")
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "plain.edgeseg").write_text("x")
+    (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    return {"bundle": str(tiny_bundle), "image": str(images / "f0.png"), "images": str(images),
+            "file": str(tmp_path / "file.txt"), "json": str(tmp_path / "x.json"),
+            "plain_edgeseg": str(tmp_path / "plain.edgeseg"),
+            "folder": str(tmp_path / "folder"), "tmp": str(tmp_path)}
+
+
+REFUSED_BEFORE_WORK = [
+    (["run", "{bundle}", "--source", "{images}", "--masks", "{file}"],
+     "--masks {file} is an existing file; --masks takes a folder"),
+    (["run", "{bundle}", "--source", "{images}", "--masks", "/proc/x"],
+     "--masks /proc/x: cannot create files in /proc"),
+    (["run", "{bundle}", "--source", "{image}", "--overlay", "{json}"],
+     "--overlay {json}: unknown suffix '.json'; give an image (.bmp, .jpeg, .jpg, .pgm, .png, .ppm, "
+     ".tif, .tiff, .webp), a video (.mp4, .avi, .mkv, .mov) or a folder (a name without a suffix)"),
+    (["run", "{bundle}", "--source", "{images}", "--overlay", "{tmp}/x.gif"],
+     "--overlay {tmp}/x.gif: unknown suffix '.gif'"),
+    (["run", "{bundle}", "--source", "{images}", "--overlay", "{tmp}/one.png"],
+     "--overlay {tmp}/one.png is one image but the source has many frames"),
+    (["run", "{bundle}", "--source", "{images}", "--overlay", "{folder}/../file.txt/o.mp4"],
+     "--overlay {folder}/../file.txt/o.mp4: {folder}/../file.txt is a file, not a folder"),
+    (["run", "{bundle}", "--source", "{image}", "--alpha", "2"], "--alpha must be from 0 to 1, got 2.0"),
+    (["profile", "{bundle}", "--json", "{folder}"], "--json {folder} is an existing folder; --json takes a file name"),
+    (["profile", "{bundle}", "--trace", "/proc/t.json"], "--trace /proc/t.json: cannot create files in /proc"),
+    (["profile", "{bundle}", "--plot", "/proc/p.png"], "--plot /proc/p.png: cannot create files in /proc"),
+    (["profile", "{bundle}", "--frames", "0"], "--frames must be >= 1"),
+    (["parity", "{bundle}", "--images", "{images}", "--report", "{file}"],
+     "--report {file} is an existing file; --report takes a folder"),
+    (["parity", "{bundle}", "--images", "{images}", "--json", "{folder}"], "--json {folder} is an existing folder"),
+    (["parity", "{bundle}", "--images", "{images}", "--max-miou-drop", "1"], "--max-miou-drop needs --labels"),
+    (["parity", "{bundle}", "--images", "{images}", "--min-agreement", "99.9"],
+     "--min-agreement must be a fraction from 0 to 1, got 99.9"),
+    (["parity", "{bundle}", "--images", "{tmp}/nothing"], "--images {tmp}/nothing does not exist"),
+    (["parity", "{tmp}/nothing.edgeseg", "--images", "{images}"], "bundle {tmp}/nothing.edgeseg does not exist"),
+    (["build", "--model", "segformer"],
+     "unknown model 'segformer'; valid: deeplabv3, deeplabv3p, fcn16s, fcn32s, fcn8s, unet"),
+    (["build", "--model", "unet", "--out", "/proc/x"], "--out /proc/x.edgeseg: cannot create files in /proc"),
+    (["build", "--model", "unet", "--out", "{bundle}"], "--out {bundle} already exists; pass --force to replace it"),
+    (["build", "--model", "unet", "--out", "{plain_edgeseg}", "--force"],
+     "--out {plain_edgeseg} is an existing file; a bundle is a folder"),
+    (["build", "--model", "unet", "--out", "{tmp}/u", "--opset", "99"],
+     "opset must be an integer from 19 to 23 (what torch.onnx's exporter writes and ONNX DeformConv needs), got 99"),
+    (["build", "--model", "unet", "--out", "{tmp}/u", "--weights", "{tmp}/w.pth"], "--weights {tmp}/w.pth does not exist"),
+    (["build", "--model", "unet", "--out", "{tmp}/u", "-o", "base_channels"], "is not KEY=VALUE"),
+    (["build", "--model", "unet", "--out", "{tmp}/u", "--precision", "int8", "--calib", "{tmp}/c"],
+     "--calib {tmp}/c does not exist"),
+    (["plugins", "build", "--out", "{file}"], "--out {file} is an existing file; --out takes a folder"),
+]
+
+
+@pytest.mark.parametrize(("args", "text"), REFUSED_BEFORE_WORK)
+def test_arguments_are_refused_before_any_work(args: list[str], text: str, paths: dict[str, str]) -> None:
+    """Output paths and cheap arguments are checked before torch is imported or a frame is read."""
+    proc = light_cli(*(a.format(**paths) for a in args), cwd=Path(paths["tmp"]))
+    assert_refused_before_work(proc, text.format(**paths))
+    assert not (Path(paths["tmp"]) / "x.gif").exists()  # no folder named after an unknown suffix
+
+
+def test_engine_without_a_gpu_says_so_first(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path) -> None:
+    """No GPU is the first thing `edgeseg engine` says, before TensorRT is looked for."""
+    from click.testing import CliRunner
+
+    import converters.tensorrt
+    from edgeseg import engines
+    from edgeseg.cli import cli
+    from edgeseg.errors import BackendError
+
+    def no_gpu(*args: object, **kwargs: object) -> engines.DeviceInfo:
+        raise BackendError("cuInit failed: CUDA_ERROR_NO_DEVICE (100)")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("add_engine ran without a GPU")
+
+    monkeypatch.setattr(engines, "probe_device", no_gpu)
+    monkeypatch.setattr(converters.tensorrt, "add_engine", never)
+    result = CliRunner().invoke(cli, ["engine", str(tiny_bundle)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: no NVIDIA GPU here to build an engine for: cuInit failed: CUDA_ERROR_NO_DEVICE (100)"
+    ]
+
+
+def _bomb_png(path: Path, side: int = 20000) -> Path:
+    """A valid PNG header claiming side x side pixels (over Pillow's limit) and almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def test_run_on_a_decompression_bomb_is_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    proc = edgeseg_cli("run", str(tiny_bundle), "--source", str(bomb))
+    assert_one_line_error(proc, f"source {bomb}: no frame could be segmented")
+    assert "decompression bomb" in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "decompression bomb" in line]) == 1, proc.stderr
+
+
+def test_log_records_carry_no_traceback_unless_debugging() -> None:
+    """A stream stage logs the exception that stopped it; the CLI shows it as one line (-vv: all)."""
+    import logging
+
+    from edgeseg.cli import _LogFormatter
+
+    try:
+        raise OSError("disk on fire")
+    except OSError:
+        record = logging.getLogger("edgeseg.runtime.stream").makeRecord(
+            "edgeseg.runtime.stream", logging.ERROR, __file__, 1, "stream stage %s failed", ("capture",),
+            sys.exc_info(),
+        )
+    assert _LogFormatter(tracebacks=False).format(record) == "ERROR edgeseg.runtime.stream: stream stage capture failed"
+    assert "Traceback" in _LogFormatter(tracebacks=True).format(record)
+    assert record.exc_info is not None  # the record is left as it was for other handlers
 
 
 def test_profile_command(cli_bundle: Path, frames: Path, tmp_path: Path) -> None:
