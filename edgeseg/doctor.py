@@ -114,6 +114,7 @@ class _Facts:
     plugin: Path | None = None
     device: engines.DeviceInfo | None = None
     driver_cuda: int | None = None
+    driver_missing: str | None = None  # why the driver library could not be loaded
     trt: Any = None
     jetson: str | None = None
 
@@ -152,19 +153,25 @@ def probe_platform(facts: _Facts) -> Check:
     return Check("platform", OK, detail, data=data)
 
 
+_ON_THE_CPU = "without a GPU, bundles run on the CPU with onnxruntime"
+_INSTALL_DRIVER = "install the NVIDIA driver (on Jetson it comes with JetPack)"
+
+
 def probe_gpu(facts: _Facts) -> Check:
-    hint = (
-        "install the NVIDIA driver (on Jetson it comes with JetPack); without a GPU, bundles run "
-        "on the CPU with onnxruntime"
-    )
     try:
         driver = engines.cuda_driver()
         facts.driver_cuda = driver.driver_version()
         count = driver.device_count()
     except BackendError as err:
         text = str(err)
-        if "NO_DEVICE" in text or "not installed" in text:
-            return Check("gpu", MISSING, f"no NVIDIA GPU: {text}", hint, required=True)
+        if "not installed" in text:  # the driver line says why: said once, there
+            facts.driver_missing = text
+            return Check(
+                "gpu", MISSING, "none visible: there is no NVIDIA driver (see driver)", _ON_THE_CPU,
+                required=True,
+            )
+        if "NO_DEVICE" in text:
+            return Check("gpu", MISSING, f"no NVIDIA GPU: {text}", _ON_THE_CPU, required=True)
         return Check(
             "gpu",
             ERROR,
@@ -173,7 +180,7 @@ def probe_gpu(facts: _Facts) -> Check:
             required=True,
         )
     if count == 0:
-        return Check("gpu", MISSING, "the NVIDIA driver sees no GPU", hint, required=True)
+        return Check("gpu", MISSING, "the NVIDIA driver sees no GPU", _ON_THE_CPU, required=True)
     facts.device = engines.probe_device(0, with_tensorrt=False)
     dev = facts.device
     memory = f", {dev.total_memory / 2**30:.1f} GiB" if dev.total_memory else ""
@@ -211,12 +218,14 @@ def probe_driver(facts: _Facts) -> Check:
     if kernel:
         match = re.search(r"Kernel Module(?: for \w+)?\s+([\d.]+)", kernel)
         version = match.group(1) if match else None
-    if facts.driver_cuda is None:
+    if facts.driver_missing is not None:
+        return Check("driver", MISSING, facts.driver_missing, _INSTALL_DRIVER)
+    if facts.driver_cuda is None:  # libcuda.so.1 loads, but CUDA did not start: the gpu line says why
         return Check(
             "driver",
-            MISSING,
-            "no NVIDIA driver library (libcuda.so.1)",
-            "install the NVIDIA driver (on Jetson: JetPack)",
+            OK,
+            (f"{version}, " if version else "") + "installed (libcuda.so.1 loads); CUDA did not start on it (see gpu)",
+            data={"version": version},
         )
     cuda = _version_text(facts.driver_cuda)
     detail = (f"{version}, " if version else "") + f"supports CUDA {cuda}"
@@ -224,9 +233,16 @@ def probe_driver(facts: _Facts) -> Check:
 
 
 def _cuda_runtime_version() -> tuple[str, str] | None:
-    """(version, where) of the CUDA toolkit/runtime, or None."""
+    """(version, where) of the CUDA runtime library Python loads (cuda-python), or None.
+
+    It comes from a pip wheel (often one torch brought), not from the system: it
+    says nothing about the driver or the GPU, which it needs to run anything.
+    """
     for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
+        try:
+            if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
+                continue
+        except ModuleNotFoundError:  # no `cuda` package at all
             continue
         try:
             cudart = importlib.import_module(name)
@@ -234,7 +250,12 @@ def _cuda_runtime_version() -> tuple[str, str] | None:
         except (ImportError, AttributeError, RuntimeError):
             continue
         if int(status) == 0 and value:
-            return _version_text(int(value)), f"cuda-python ({name})"
+            return _version_text(int(value)), f"cuda-python's {name}"
+    return None
+
+
+def _cuda_toolkit_version() -> tuple[str, str] | None:
+    """(version, where) of the CUDA toolkit (compilers and headers), or None."""
     for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if not root:
             continue
@@ -256,29 +277,48 @@ def _cuda_runtime_version() -> tuple[str, str] | None:
     return None
 
 
+def _cuda_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
 def probe_cuda(facts: _Facts) -> Check:
-    found = _cuda_runtime_version()
-    if found is None:
+    """The CUDA toolkit and the CUDA runtime library, each named as what it is.
+
+    Neither runs anything without a driver that sees a GPU, so neither is ``ok`` then.
+    """
+    found = {"toolkit": _cuda_toolkit_version(), "runtime library": _cuda_runtime_version()}
+    data: dict[str, Any] = {what: item[0] if item else None for what, item in found.items()}
+    data["version"] = data["toolkit"] or data["runtime library"]
+    parts = [f"{what} {item[0]} ({item[1]})" for what, item in found.items() if item]
+    if not parts:
         return Check(
             "cuda",
             MISSING,
-            "no CUDA toolkit found (CUDA_HOME, /usr/local/cuda, nvcc)",
+            "no CUDA toolkit (CUDA_HOME, /usr/local/cuda, nvcc) or runtime library (cuda-python) found",
             "install the CUDA toolkit matching the driver (on Jetson: sudo apt install "
             "nvidia-jetpack); pycuda and `edgeseg plugins build` need it",
+            data=data,
         )
-    version, where = found
-    detail = f"CUDA {version} ({where})"
-    if facts.driver_cuda is not None:
-        driver = _version_text(facts.driver_cuda)
-        if tuple(map(int, version.split(".")[:2])) > tuple(map(int, driver.split("."))):
-            return Check(
-                "cuda",
-                ERROR,
-                f"{detail} is newer than the driver's CUDA {driver}",
-                "update the NVIDIA driver or use a CUDA toolkit it supports",
-                data={"version": version},
-            )
-    return Check("cuda", OK, detail, data={"version": version})
+    detail = "CUDA " + "; ".join(parts)
+    if facts.driver_cuda is None:
+        return Check(
+            "cuda",
+            MISSING,
+            f"{detail}; unusable here: CUDA runs only on an NVIDIA driver that sees a GPU (see gpu, driver)",
+            data=data,
+        )
+    driver = _version_text(facts.driver_cuda)
+    newer = [f"{what} {item[0]}" for what, item in found.items()
+             if item and _cuda_tuple(item[0]) > _cuda_tuple(driver)]
+    if newer:
+        return Check(
+            "cuda",
+            ERROR,
+            f"{detail}: {' and '.join(newer)} newer than the driver's CUDA {driver}",
+            "update the NVIDIA driver or use a CUDA it supports",
+            data=data,
+        )
+    return Check("cuda", OK, detail, data=data)
 
 
 def probe_tensorrt(facts: _Facts) -> Check:
@@ -420,12 +460,12 @@ def probe_plugin_library(facts: _Facts) -> Check:
     )
     candidates = _plugin_candidates(facts)
     if not candidates:
-        return Check(
-            "plugin library",
-            MISSING,
-            f"no {engines.PLUGIN_LIBRARY} given (--plugin PATH or --bundle BUNDLE)",
-            hint + "; optional",
+        detail = (
+            f"no {engines.PLUGIN_LIBRARY} given (--plugin PATH or --bundle BUNDLE)"
+            if facts.bundle is None
+            else f"the bundle {facts.bundle} has no {engines.PLUGIN_LIBRARY} (--plugin PATH checks another)"
         )
+        return Check("plugin library", MISSING, detail, hint + "; optional")
     path = candidates[0]
     if not path.is_file():
         return Check("plugin library", ERROR, f"{path} does not exist", hint)

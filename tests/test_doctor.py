@@ -59,11 +59,14 @@ def test_no_gpu_and_no_tensorrt_are_reported_with_hints(monkeypatch: pytest.Monk
         "pycuda",
     ]
     assert checks["gpu"].status == "missing" and checks["gpu"].required
-    assert (
-        "libcuda.so.1" in checks["gpu"].detail and "install the NVIDIA driver" in checks["gpu"].hint
-    )
+    assert checks["gpu"].detail == "none visible: there is no NVIDIA driver (see driver)"
+    assert "run on the CPU with onnxruntime" in checks["gpu"].hint
     assert checks["compute capability"].status == "missing"
     assert checks["driver"].status == "missing"
+    assert "libcuda.so.1" in checks["driver"].detail
+    assert "install the NVIDIA driver" in checks["driver"].hint
+    # whatever CUDA toolkit or pip wheel is here, it runs nothing without a driver
+    assert checks["cuda"].status == "missing"
     assert (
         checks["tensorrt"].status == "missing" and "python3-libnvinfer" in checks["tensorrt"].hint
     )
@@ -79,6 +82,61 @@ def test_no_gpu_and_no_tensorrt_are_reported_with_hints(monkeypatch: pytest.Monk
     data = json.loads(json.dumps(report.to_json()))
     assert data["ready"] is False and {c["name"] for c in data["checks"]} == set(checks)
     assert all(c["status"] in ("ok", "missing", "error") for c in data["checks"])
+
+
+def test_each_fact_is_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No driver: the driver line says why, once; the gpu line does not repeat it."""
+    _no_gpu_no_tensorrt(monkeypatch)
+    table = doctor.run().table()
+    assert table.count("libcuda.so.1: cannot open shared object file") == 1, table
+    assert table.count("install the NVIDIA driver") == 1, table
+    lines = [line.strip() for line in table.splitlines()]
+    assert len(lines) == len(set(lines)), table
+
+
+def _facts_with_driver(cuda: int | None) -> Any:
+    facts = doctor._Facts()
+    facts.driver_cuda = cuda
+    return facts
+
+
+def test_cuda_is_named_as_what_it_is_and_needs_a_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA runtime wheel (torch's) or toolkit is no CUDA to run on without a driver and GPU."""
+    monkeypatch.setattr(doctor, "_cuda_runtime_version", lambda: ("13.5", "cuda-python's cuda.bindings.runtime"))
+    monkeypatch.setattr(doctor, "_cuda_toolkit_version", lambda: ("12.6", "/usr/local/cuda/version.json"))
+    no_driver = doctor.probe_cuda(_facts_with_driver(None))
+    assert no_driver.status == "missing"
+    assert no_driver.detail == (
+        "CUDA toolkit 12.6 (/usr/local/cuda/version.json); runtime library 13.5 (cuda-python's "
+        "cuda.bindings.runtime); unusable here: CUDA runs only on an NVIDIA driver that sees a GPU "
+        "(see gpu, driver)"
+    )
+    assert no_driver.data == {"toolkit": "12.6", "runtime library": "13.5", "version": "12.6"}
+    old_driver = doctor.probe_cuda(_facts_with_driver(12060))
+    assert old_driver.status == "error"
+    assert old_driver.detail.endswith("runtime library 13.5 newer than the driver's CUDA 12.6")
+    ok = doctor.probe_cuda(_facts_with_driver(13050))
+    assert ok.status == "ok" and ok.detail.startswith("CUDA toolkit 12.6")
+    monkeypatch.setattr(doctor, "_cuda_runtime_version", lambda: None)
+    monkeypatch.setattr(doctor, "_cuda_toolkit_version", lambda: None)
+    none = doctor.probe_cuda(_facts_with_driver(13050))
+    assert none.status == "missing" and none.detail.startswith("no CUDA toolkit")
+
+
+def test_driver_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libcuda.so.1 loads but finds no GPU: the driver is there, the gpu line says what is not."""
+    from edgeseg import engines
+    from edgeseg.errors import BackendError
+
+    def no_device() -> Any:
+        raise BackendError("cuInit failed: CUDA_ERROR_NO_DEVICE (100)")
+
+    monkeypatch.setattr(engines, "cuda_driver", no_device)
+    facts = doctor._Facts()
+    gpu = doctor.probe_gpu(facts)
+    assert gpu.status == "missing" and gpu.detail == "no NVIDIA GPU: cuInit failed: CUDA_ERROR_NO_DEVICE (100)"
+    driver = doctor.probe_driver(facts)
+    assert driver.status == "ok" and "installed (libcuda.so.1 loads); CUDA did not start on it (see gpu)" in driver.detail
 
 
 def test_a_failing_probe_is_an_error_not_a_crash() -> None:
@@ -152,6 +210,12 @@ def test_plugin_library_and_bundle(
     )
     bad = _by_name(doctor.run(bundle=tmp_path / "nothing.edgeseg"))["bundle"]
     assert bad.status == "error" and "does not exist" in bad.detail
+    # --bundle without --plugin: the bundle has no library (not "none was given")
+    plugin = _by_name(doctor.run(bundle=tiny_bundle))["plugin library"]
+    assert plugin.status == "missing"
+    assert plugin.detail == (
+        f"the bundle {tiny_bundle} has no libedgeseg_plugins.so (--plugin PATH checks another)"
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
