@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,7 +19,16 @@ from PIL import Image
 import edgeseg
 from edgeseg.bundle import Bundle, write_bundle
 from edgeseg.errors import ConfigError
-from edgeseg.parity import Reference, compare, expose_logits, iter_images, reference_model
+from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
+from edgeseg.parity import (
+    ArtefactResult,
+    ParityReport,
+    Reference,
+    compare,
+    expose_logits,
+    iter_images,
+    reference_model,
+)
 from edgeseg.runtime.frames import stratified_picks
 from edgeseg.testing import assert_parity
 from tests.conftest import tiny_module
@@ -73,6 +84,62 @@ def test_perturbed_reference_fails(tiny_bundle: Path, frames_and_labels: tuple[P
         model.head.weight.mul_(-1.0)  # a different model than the bundle's
     with pytest.raises(AssertionError, match=r"fp32 \(onnxruntime\): pixel agreement .*% < min_agreement 99\.9000%"):
         assert_parity(tiny_bundle, model, images)
+
+
+def _report_of(agreements: dict[str, float]) -> ParityReport:
+    """A report with one artefact per precision at the given pixel agreement with PyTorch."""
+    graphs = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    artefacts = [
+        ArtefactResult(f"{p} (onnxruntime)", graphs[p], "onnxruntime",
+                       {"agreement": a, "worst_image_agreement": a, "max_abs_error": 0.1,
+                        "mean_abs_error": 0.01, "max_abs_logit": 10.0})
+        for p, a in agreements.items()
+    ]
+    return ParityReport("road.edgeseg", "PyTorch", CLASSES, 4, 0, None, None, None, artefacts)
+
+
+@pytest.mark.parametrize(
+    ("agreements", "min_agreement", "failures"),
+    [
+        # the default: each graph held to what its precision's build targets
+        ({"fp32": 0.9995, "fp16": 0.996, "int8": 0.992}, DEFAULT_MIN_AGREEMENT, []),
+        ({"fp32": 0.998, "int8": 0.985}, DEFAULT_MIN_AGREEMENT,
+         [r"fp32 \(onnxruntime\): pixel agreement 99\.8000% < min_agreement 99\.9000%",
+          r"int8 \(onnxruntime\): pixel agreement 98\.5000% < min_agreement 99\.0000%"]),
+        # one figure: every graph
+        ({"fp32": 0.9995, "int8": 0.992}, 0.999,
+         [r"int8 \(onnxruntime\): pixel agreement 99\.2000% < min_agreement 99\.9000%"]),
+        ({"fp32": 0.5, "int8": 0.5}, None, []),
+    ],
+)
+def test_agreement_targets_per_precision(
+    agreements: dict[str, float], min_agreement: Any, failures: list[str], tiny_bundle: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README's three lines pass on an INT8 bundle its build accepted (99 %), as on an FP32 one."""
+    import edgeseg.testing
+
+    monkeypatch.setattr(edgeseg.testing, "compare", lambda *args, **kwargs: _report_of(agreements))
+    if not failures:
+        report = assert_parity(tiny_bundle, tiny_module(), [], min_agreement=min_agreement)
+        assert report.passed
+        if min_agreement is DEFAULT_MIN_AGREEMENT:
+            assert report.thresholds["min_agreement (int8)"] == DEFAULT_MIN_AGREEMENT["int8"] == 0.99
+        return
+    with pytest.raises(AssertionError) as caught:
+        assert_parity(tiny_bundle, tiny_module(), [], min_agreement=min_agreement)
+    lines = str(caught.value).splitlines()[1 : 1 + len(failures)]
+    assert len(lines) == len(failures)
+    for line, pattern in zip(lines, failures, strict=True):
+        assert re.search(pattern, line), line
+
+
+def test_agreement_targets_must_cover_the_precisions(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeseg.testing
+
+    monkeypatch.setattr(edgeseg.testing, "compare", lambda *args, **kwargs: _report_of({"int8": 0.995}))
+    with pytest.raises(ConfigError, match=r"min_agreement has no figure for int8 \(model.int8.onnx\); it has fp32"):
+        assert_parity(tiny_bundle, tiny_module(), [], min_agreement={"fp32": 0.999})
 
 
 def test_corrupted_artefact_fails_with_figures(tiny_bundle: Path, frames_and_labels: tuple[Path, Path], tmp_path: Path) -> None:
