@@ -1,8 +1,11 @@
 """The parity report for people: one HTML page with its PNGs, no JavaScript, no CDN.
 
 ``index.html`` holds the verdict, the summary table, per-class IoU bars
-(PyTorch and each artefact side by side, with the deltas) and, for each
-artefact's worst images, the frame, both masks and a disagreement heat map.
+(PyTorch and each artefact side by side from one baseline, with the deltas)
+and, for each artefact's worst images, the frame, both masks and a
+disagreement heat map on a fixed, labelled scale: the logit error relative to
+PyTorch's largest logit, from 1e-6 to 1 on a log scale, so that a 1e-6 error
+looks as small as it is.
 """
 
 from __future__ import annotations
@@ -26,11 +29,17 @@ table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 .pass{color:#070;font-weight:bold} .fail{color:#b00;font-weight:bold}
 .bar{height:10px;display:inline-block;vertical-align:middle}
-.bars td{border:none;padding:1px 6px} .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}
+.track{display:inline-block;width:300px;vertical-align:middle}
+.bars td{border:none;padding:1px 6px;text-align:left} .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}
+.scale{width:300px;font-size:.8em;margin:.5em 0 1em}
+.scale .ramp{height:12px;background:linear-gradient(to right,#000,#f00,#ff0);border:1px solid #ccc}
+.scale .ticks{display:flex;justify-content:space-between}
 .worst img{width:220px;image-rendering:pixelated;border:1px solid #ccc;margin:2px}
 .worst figure{display:inline-block;margin:4px;text-align:center;font-size:.85em}
 """
 _SERIES_COLORS = ["#555", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+# The heat map's fixed range: log10 of |Δlogit| relative to the reference's largest |logit|.
+HEAT_DECADES = (-6, 0)
 
 
 def write_report(report: ParityReport, out_dir: str | os.PathLike[str], palette: np.ndarray) -> Path:
@@ -54,10 +63,12 @@ def write_report(report: ParityReport, out_dir: str | os.PathLike[str], palette:
         parts.append(_class_bars(report))
     for index, artefact in enumerate(report.artefacts):
         if artefact.worst:
+            scale = float(artefact.figures.get("max_abs_logit", 0.0))
             parts.append(f"<h2>Worst images: {_e(artefact.name)}</h2>")
+            parts.append(_heat_legend(scale))
             parts.append("<div class='worst'>")
             for rank, worst in enumerate(artefact.worst):
-                parts.append(_worst_row(worst, images, f"a{index}-{rank}", palette))
+                parts.append(_worst_row(worst, images, f"a{index}-{rank}", palette, scale))
             parts.append("</div>")
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report.notes) + "</ul>")
@@ -71,8 +82,14 @@ def _e(text: object) -> str:
     return html.escape(str(text))
 
 
+def _num(value: float, digits: int, sign: bool = False) -> str:
+    """``value`` rounded to ``digits``, never as negative zero (``-0.00``)."""
+    rounded = round(value, digits) + 0.0  # -0.0 + 0.0 is 0.0
+    return f"{rounded:{'+' if sign else ''}.{digits}f}"
+
+
 def _pct(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.{digits}f}"
+    return "n/a" if value is None or math.isnan(value) else _num(100 * value, digits)
 
 
 def _verdict(report: ParityReport) -> str:
@@ -109,7 +126,7 @@ def _summary_table(report: ParityReport) -> str:
         ]
         if labelled:
             drop = report.miou_drop(a)
-            cells += [_pct(a.miou), "n/a" if drop is None else f"{-drop:+.2f}"]
+            cells += [_pct(a.miou), "n/a" if drop is None else _num(-drop, 2, sign=True)]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)
@@ -130,22 +147,24 @@ def _class_bars(report: ParityReport) -> str:
             color = _SERIES_COLORS[i % len(_SERIES_COLORS)]
             delta = ""
             if i > 0 and not math.isnan(v) and not math.isnan(series[0][1][c]):
-                delta = f" ({100 * (v - series[0][1][c]):+.2f})"
+                delta = f" ({_num(100 * (v - series[0][1][c]), 2, sign=True)})"
+            # every bar starts at the left of a track of full width: one baseline for all
             bars.append(
-                f"<div><span class='bar' style='width:{width}px;background:{color}'></span> {_pct(v)}{delta}</div>"
+                f"<div class='iou'><span class='track'><span class='bar' style='width:{width}px;"
+                f"background:{color}'></span></span> {_pct(v)}{delta}</div>"
             )
         rows.append(f"<tr><td>{_e(name)}</td><td>{''.join(bars)}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
 
 
-def _worst_row(worst: WorstImage, folder: Path, key: str, palette: np.ndarray) -> str:
+def _worst_row(worst: WorstImage, folder: Path, key: str, palette: np.ndarray, scale: float) -> str:
     frame = worst.image[:, :, 0] if worst.image.shape[2] == 1 else worst.image
     files = {
         "frame": frame,
         "pytorch": colorize(worst.reference, palette),
         "artefact": colorize(worst.artefact, palette),
-        "disagreement": _heatmap(worst.error, worst.reference != worst.artefact),
+        "disagreement": _heatmap(worst.error, worst.reference != worst.artefact, scale),
     }
     figures = []
     for label, array in files.items():
@@ -158,10 +177,30 @@ def _worst_row(worst: WorstImage, folder: Path, key: str, palette: np.ndarray) -
     )
 
 
-def _heatmap(error: np.ndarray, differs: np.ndarray) -> np.ndarray:
-    """|Δlogit| as black -> red -> yellow (scaled to its max); differing pixels drawn white."""
-    top = float(error.max())
-    t = error / top if top > 0 else np.zeros_like(error)
+def _heat_legend(scale: float) -> str:
+    """The heat map's colour bar, its ticks and what it measures."""
+    low, high = HEAT_DECADES
+    ticks = "".join(f"<span>{'1' if d == 0 else f'1e{d}'}</span>" for d in range(low, high + 1))
+    return (
+        "<div class='scale'><div class='ramp'></div>"
+        f"<div class='ticks'>{ticks}</div>"
+        f"disagreement: |Δlogit| relative to PyTorch's largest |logit| ({scale:.3g}), log scale; "
+        "black at or below 1e-6; white: the two masks differ</div>"
+    )
+
+
+def _heatmap(error: np.ndarray, differs: np.ndarray, scale: float) -> np.ndarray:
+    """|Δlogit| / ``scale`` on the fixed log range as black -> red -> yellow; differing pixels white.
+
+    The range is :data:`HEAT_DECADES` whatever the image's own errors, so colours
+    compare across images and reports: 1e-6 and below is black, 1e-3 full red,
+    1 (an error as large as the largest logit) yellow.
+    """
+    low, high = HEAT_DECADES
+    relative = np.asarray(error, np.float64) / scale if scale > 0 else np.asarray(error, np.float64)
+    with np.errstate(divide="ignore"):
+        decades = np.log10(relative)  # -inf where there is no error at all
+    t = np.clip((decades - low) / (high - low), 0.0, 1.0)
     rgb = np.zeros((*error.shape, 3), np.float32)
     rgb[..., 0] = np.clip(2 * t, 0, 1)
     rgb[..., 1] = np.clip(2 * t - 1, 0, 1)

@@ -24,6 +24,7 @@ from edgeseg.parity import (
     ArtefactResult,
     ParityReport,
     Reference,
+    WorstImage,
     compare,
     expose_logits,
     iter_images,
@@ -166,6 +167,56 @@ def test_html_report_has_table_bars_and_worst_images(tiny_bundle: Path, frames_a
     assert "a0-0-disagreement.png" in pngs and "a0-0-frame.png" in pngs and len(pngs) == 20
     heat = np.asarray(Image.open(tmp_path / "rep" / "images" / "a0-0-disagreement.png"))
     assert heat.shape == (64, 96, 3)
+
+
+def _report_with_worst(max_abs_logit: float, error: np.ndarray) -> ParityReport:
+    """A labelled report whose one artefact equals PyTorch's IoUs (up to -1e-9) and has one worst image."""
+    h, w = error.shape
+    reference = np.zeros((h, w), np.uint8)
+    artefact = reference.copy()
+    artefact[0, 0] = 1  # one pixel differs
+    worst = WorstImage("f0", 1 - 1 / (h * w), np.zeros((h, w, 3), np.uint8), reference, artefact,
+                       error.astype(np.float32))
+    iou = [0.5, 0.5, 0.25, 1.0]
+    result = ArtefactResult("fp32 (onnxruntime)", "model.onnx", "onnxruntime",
+                            {"agreement": worst.agreement, "worst_image_agreement": worst.agreement,
+                             "max_abs_error": float(error.max()), "mean_abs_error": float(error.mean()),
+                             "max_abs_logit": max_abs_logit},
+                            miou=0.5625 - 1e-11, iou=[v - 1e-11 for v in iou], worst=[worst])
+    return ParityReport("road.edgeseg", "PyTorch", CLASSES, 1, 1, None, 0.5625, iou, [result])
+
+
+def test_heat_map_has_a_fixed_labelled_scale(tmp_path: Path) -> None:
+    """1e-6 of error at 99.997 % agreement looks like nothing, not a red field: the scale is fixed."""
+    from edgeseg.report import _heatmap, write_report
+
+    tiny = np.full((4, 6), 1e-6, np.float32)  # |Δlogit| 1e-6 with logits up to 10: 1e-7 relative
+    heat = _heatmap(tiny, np.zeros((4, 6), bool), 10.0)
+    assert heat.max() == 0  # black, not the solid red of a map scaled to its own maximum
+    steps = np.array([[1e-2, 1.0, 10.0, 0.0]], np.float32)  # relative 1e-3, 0.1, 1, none
+    heat = _heatmap(steps, np.array([[False, False, False, True]]), 10.0)
+    assert heat[0, 0].tolist() == [255, 0, 0] and heat[0, 2].tolist() == [255, 255, 0]
+    assert 0 < heat[0, 1, 1] < 255 and heat[0, 3].tolist() == [255, 255, 255]  # differing: white
+
+    page = write_report(_report_with_worst(10.0, tiny), tmp_path / "r", np.zeros((4, 3), np.uint8)).read_text()
+    assert "<div class='ramp'></div><div class='ticks'><span>1e-6</span>" in page and "<span>1</span></div>" in page
+    assert "relative to PyTorch's largest |logit| (10), log scale" in page
+    drawn = np.asarray(Image.open(tmp_path / "r" / "images" / "a0-0-disagreement.png"))
+    assert drawn[1:, 1:].max() == 0 and drawn[0, 0].tolist() == [255, 255, 255]
+
+
+def test_iou_bars_share_a_baseline_and_no_negative_zero(tmp_path: Path) -> None:
+    from edgeseg.report import _CSS, write_report
+
+    page = write_report(_report_with_worst(10.0, np.zeros((4, 6))), tmp_path / "r",
+                        np.zeros((4, 3), np.uint8)).read_text()
+    assert "-0.00" not in page
+    assert "<td>+0.00</td>" in page and "50.00 (+0.00)" in page
+    # each bar starts a fixed-width track in a left-aligned cell: equal values, equal bars, one baseline
+    assert ".bars td{border:none;padding:1px 6px;text-align:left}" in _CSS
+    assert ".track{display:inline-block;width:300px" in _CSS
+    widths = re.findall(r"<div class='iou'><span class='track'><span class='bar' style='width:(\d+)px", page)
+    assert widths == ["150", "150", "150", "150", "75", "75", "300", "300"]
 
 
 def test_arrays_and_mapping_labels(tiny_bundle: Path) -> None:
