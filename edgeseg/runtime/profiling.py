@@ -612,15 +612,44 @@ def layers_table(layers: Sequence[LayerTiming], n: int = 10) -> str:
 # --------------------------------------------------------------------------- plot
 
 
+QUEUEING = "queueing (end-to-end minus stages)"
+"""The plot's band of time a frame spent between stages."""
+
+
+def timeline_bands(processed: Sequence[FrameTiming]) -> tuple[list[str], np.ndarray]:
+    """The plot's stacked bands: each stage's duration, then :data:`QUEUEING`, per frame.
+
+    Args:
+        processed: the frames to draw, in order (not dropped).
+
+    Returns:
+        The band names (stages in pipeline order, then :data:`QUEUEING`) and a
+        ``(bands, frames)`` array in ms whose columns sum to each frame's
+        end-to-end latency (queueing is never below 0).
+    """
+    seen: dict[str, None] = {}
+    for t in processed:
+        for name in t.stages:
+            seen.setdefault(name, None)
+    names = _stage_order(seen)
+    durations = [t.durations_ms() for t in processed]
+    stages = np.array([[d.get(name, 0.0) for d in durations] for name in names], dtype=np.float64)
+    stages = stages.reshape(len(names), len(processed))
+    e2e = np.array([t.end_to_end_ms for t in processed], dtype=np.float64)
+    queueing = np.clip(np.nan_to_num(e2e - stages.sum(axis=0)), 0.0, None)
+    return [*names, QUEUEING], np.vstack([stages, queueing[None, :]])
+
+
 def plot(timings: Sequence[FrameTiming], path: str | os.PathLike[str], *, title: str = "") -> None:
     """Draws latency as a PNG: a histogram of end-to-end latency, and a per-frame timeline.
 
     Left: histogram of the processed frames' end-to-end latency with its p50
     and p99 marked. Right: per frame (x = frame index) the stage durations
-    stacked in ms, one colour per stage, with the end-to-end latency as a line
-    (the gap above the stack is time between stages, e.g. queueing) and
-    dropped frames marked. Uses matplotlib's Agg canvas without touching
-    pyplot's global state.
+    stacked in ms, one colour per stage, topped by a band of queueing (the
+    end-to-end latency minus the stages: the frame waiting in the queues
+    between them, which on a folder or a slow consumer is most of it), so the
+    stack reaches the end-to-end line; dropped frames are marked. Uses
+    matplotlib's Agg canvas without touching pyplot's global state.
 
     Args:
         timings: e.g. :meth:`Profiler.timings`.
@@ -644,15 +673,9 @@ def plot(timings: Sequence[FrameTiming], path: str | os.PathLike[str], *, title:
     if not processed:
         raise ConfigError("plot needs at least one processed (not dropped) frame timing")
     drops = sorted(t.frame_index for t in timings if t.dropped)
-    seen: dict[str, None] = {}
-    for t in processed:
-        for name in t.stages:
-            seen.setdefault(name, None)
-    stage_names = _stage_order(seen)
     x = np.array([t.frame_index for t in processed], dtype=np.float64)
     e2e = np.array([t.end_to_end_ms for t in processed], dtype=np.float64)
-    durations = [t.durations_ms() for t in processed]
-    stacks = np.array([[d.get(name, 0.0) for d in durations] for name in stage_names], dtype=np.float64)
+    stage_names, stacks = timeline_bands(processed)
 
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -667,14 +690,15 @@ def plot(timings: Sequence[FrameTiming], path: str | os.PathLike[str], *, title:
     hist_ax.set_ylabel("frames")
     hist_ax.legend(loc="upper right")
 
+    colors = [f"C{i}" for i in range(len(stage_names) - 1)] + ["0.85"]  # queueing: light grey
     if len(x) == 1:  # stackplot needs an interval: draw one frame as a bar stack
         bottom = 0.0
-        for name, values in zip(stage_names, stacks, strict=True):
-            time_ax.bar(x, values, bottom=bottom, width=0.8, label=name)
+        for name, values, color in zip(stage_names, stacks, colors, strict=True):
+            time_ax.bar(x, values, bottom=bottom, width=0.8, label=name, color=color)
             bottom += float(values[0])
     else:
-        time_ax.stackplot(x, stacks, labels=stage_names, alpha=0.85)
-    time_ax.plot(x, e2e, color="black", linewidth=0.8, label="end-to-end")
+        time_ax.stackplot(x, stacks, labels=stage_names, colors=colors, alpha=0.85)
+    time_ax.plot(x, e2e, color="black", linewidth=0.8, label="end-to-end (capture to result)")
     if drops:
         time_ax.plot(drops, np.zeros(len(drops)), "x", color="tab:red", clip_on=False, label="dropped")
     time_ax.set_xlabel("frame")

@@ -394,6 +394,47 @@ def test_plot_writes_png(tmp_path: Path) -> None:
         assert image.size[0] > image.size[1] > 100
 
 
+def _queued(profiler: Profiler, n: int, wait_ms: float) -> None:
+    """Frames whose stages take 1 + 2 ms and that wait ``wait_ms`` in a queue between them."""
+    for i in range(n):
+        t = 10.0 * i
+        capture = (t, t + 1e-3)
+        infer = (t + (1 + wait_ms) * 1e-3, t + (3 + wait_ms) * 1e-3)
+        profiler.record_stages(i, {"capture": capture, "infer": infer})
+
+
+def test_plot_draws_queueing_as_its_own_band(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end-to-end line sits on the stack: the time between stages is a labelled band."""
+    pytest.importorskip("matplotlib", reason="plot() needs matplotlib (pip install matplotlib)")
+    from matplotlib.figure import Figure
+
+    from edgeseg.runtime.profiling import QUEUEING, timeline_bands
+
+    profiler = Profiler()
+    _queued(profiler, 5, wait_ms=600.0)
+    timings = profiler.timings()
+    names, bands = timeline_bands(timings)
+    assert names == ["capture", "infer", QUEUEING] == ["capture", "infer", "queueing (end-to-end minus stages)"]
+    assert bands.shape == (3, 5)
+    np.testing.assert_allclose(bands[2], 600.0, rtol=1e-6)
+    np.testing.assert_allclose(bands.sum(axis=0), [t.end_to_end_ms for t in timings], rtol=1e-9)
+
+    drawn: list[Figure] = []
+    real_savefig = Figure.savefig
+
+    def savefig(self: Figure, *args: object, **kwargs: object) -> None:
+        drawn.append(self)
+        real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    for n in (5, 1):  # a stack plot, and the one-frame bar stack
+        plot(timings[:n], tmp_path / f"q{n}.png")
+        legend = drawn[-1].axes[1].get_legend()
+        labels = [text.get_text() for text in legend.get_texts()]
+        assert "end-to-end (capture to result)" in labels
+        assert [label for label in labels if not label.startswith("end-to-end")] == ["capture", "infer", QUEUEING]
+
+
 def test_plot_without_frames_is_config_error(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="plot() needs matplotlib (pip install matplotlib)")
     with pytest.raises(ConfigError, match="processed"):
