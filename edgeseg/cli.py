@@ -143,7 +143,7 @@ class _LogFormatter(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-def check_output(path: Path, option: str, *, folder: bool) -> Path:
+def check_output(path: Path, option: str, *, folder: bool, replaced: bool = False) -> Path:
     """Refuses an output path the command could not write, before any work starts.
 
     A file output must not be an existing folder, a folder output not an existing
@@ -155,6 +155,8 @@ def check_output(path: Path, option: str, *, folder: bool) -> Path:
         path: the output, as the user gave it.
         option: the flag it came from, for the message (``--json``).
         folder: the command writes a folder there (else one file).
+        replaced: the folder is made beside ``path`` and renamed into place (a bundle), so
+            the new file is tried in its parent, never inside an existing one.
 
     Returns:
         ``path``.
@@ -166,7 +168,7 @@ def check_output(path: Path, option: str, *, folder: bool) -> Path:
         raise ConfigError(f"{option} {path} is an existing file; {option} takes a folder")
     if not folder and path.is_dir():
         raise ConfigError(f"{option} {path} is an existing folder; {option} takes a file name")
-    where = path if folder and path.is_dir() else path.parent
+    where = path if folder and path.is_dir() and not replaced else path.parent
     while not where.exists() and where != where.parent:
         where = where.parent
     if not where.is_dir():
@@ -397,7 +399,7 @@ def build_cmd(model_name: str, out: Path | None, **given: Any) -> None:
         raise ConfigError(f"--out {destination} is an existing file; a bundle is a folder")
     if destination.exists() and not given["overwrite"]:
         raise BundleExistsError(f"--out {destination} already exists; pass --force to replace it")
-    check_output(destination, "--out", folder=True)
+    check_output(destination, "--out", folder=True, replaced=True)
 
     def option_texts(items: tuple[str, ...]) -> dict[str, str]:
         texts: dict[str, str] = {}

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -279,6 +280,31 @@ def test_arguments_are_refused_before_any_work(args: list[str], text: str, paths
     proc = light_cli(*(a.format(**paths) for a in args), cwd=Path(paths["tmp"]))
     assert_refused_before_work(proc, text.format(**paths))
     assert not (Path(paths["tmp"]) / "x.gif").exists()  # no folder named after an unknown suffix
+
+
+def test_write_check_of_a_replaced_bundle_is_beside_it(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build --force tries a new file where the new bundle is made (beside it), never inside the old one."""
+    import shutil
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from edgeseg.cli import cli
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b.edgeseg"))
+    tried: list[Path] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        tried.append(Path(kwargs["dir"]))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = CliRunner().invoke(cli, ["build", "--model", "unet", "--out", str(bundle), "--force", "--opset", "99"])
+    assert result.exit_code == 1 and "opset must be an integer from 19 to 23" in result.output
+    assert tried == [tmp_path]
 
 
 def test_engine_without_a_gpu_says_so_first(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path) -> None:
