@@ -494,8 +494,12 @@ def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
               help="Also say which engine this bundle would use here (and check its plugin library).")
 @click.option("--plugin", type=click.Path(path_type=Path), default=None,
               help="Check this plugin library (libedgeseg_plugins.so).")
+@click.option("--allow-plugins", is_flag=True,
+              help="Also load the bundle's own plugin library (it runs that library's code).")
 @click.pass_context
-def doctor_cmd(ctx: click.Context, as_json: bool, bundle: Path | None, plugin: Path | None) -> None:
+def doctor_cmd(
+    ctx: click.Context, as_json: bool, bundle: Path | None, plugin: Path | None, allow_plugins: bool
+) -> None:
     """Check GPU, driver, CUDA, TensorRT, pycuda, DLA and plugins; say what to install.
 
     Exit status: 0 when the TensorRT path is ready (GPU, TensorRT >= 10.3 and
@@ -504,7 +508,7 @@ def doctor_cmd(ctx: click.Context, as_json: bool, bundle: Path | None, plugin: P
     """
     from edgeseg import doctor
 
-    report = doctor.run(bundle=bundle, plugin=plugin)
+    report = doctor.run(bundle=bundle, plugin=plugin, allow_plugins=allow_plugins)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.table())
     ctx.exit(report.exit_code)
 
@@ -650,12 +654,16 @@ def calibrate_cmd(bundle: Path, keep_precision: bool, **given: Any) -> None:
 @cli.command("info")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
-@click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
+@click.option("--no-verify", is_flag=True, help="Skip verification (checksums, and each graph against the manifest).")
 def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
     """Show a bundle's manifest (checksums verified first)."""
     from edgeseg.bundle import Bundle
 
     loaded = Bundle.load(bundle, verify=not no_verify)
+    if not no_verify:  # the graphs, too: another valid graph with recomputed checksums is refused
+        from edgeseg.runtime.contract import check_bundle_graphs
+
+        check_bundle_graphs(loaded)
     m = loaded.manifest
     if as_json:
         click.echo(json.dumps(m.to_json(), indent=2))

@@ -117,6 +117,7 @@ class _Facts:
     driver_missing: str | None = None  # why the driver library could not be loaded
     trt: Any = None
     jetson: str | None = None
+    allow_plugins: bool = False  # load the bundle's plugin library (runs its code)
 
 
 def _version_text(cuda_version: int) -> str:
@@ -444,13 +445,24 @@ def probe_dla(facts: _Facts) -> Check:
     return Check("dla", MISSING, "no DLA cores", hint + "; optional", data={"cores": 0})
 
 
-def _plugin_candidates(facts: _Facts) -> list[Path]:
-    found = []
+def _plugin_candidates(facts: _Facts) -> list[tuple[Path, bool]]:
+    """(library, whether loading it was asked for): the one named with --plugin (the user's
+    own choice), else the bundle's, only when its manifest lists it and its checksum holds
+    (an unlisted library in a bundle folder is never a candidate), loaded only with
+    --allow-plugins."""
     if facts.plugin is not None:
-        found.append(facts.plugin)
-    if facts.bundle is not None and (facts.bundle / engines.PLUGIN_LIBRARY).is_file():
-        found.append(facts.bundle / engines.PLUGIN_LIBRARY)
-    return found
+        return [(facts.plugin, True)]
+    if facts.bundle is None:
+        return []
+    from edgeseg.bundle import Bundle
+
+    try:
+        loaded = Bundle.load(facts.bundle)  # verifies every listed file, refuses unlisted ones
+    except EdgesegError:
+        return []
+    if engines.PLUGIN_LIBRARY not in loaded.manifest.files:
+        return []
+    return [(loaded.file(engines.PLUGIN_LIBRARY), facts.allow_plugins)]
 
 
 def probe_plugin_library(facts: _Facts) -> Check:
@@ -466,9 +478,18 @@ def probe_plugin_library(facts: _Facts) -> Check:
             else f"the bundle {facts.bundle} has no {engines.PLUGIN_LIBRARY} (--plugin PATH checks another)"
         )
         return Check("plugin library", MISSING, detail, hint + "; optional")
-    path = candidates[0]
+    path, allowed = candidates[0]
     if not path.is_file():
         return Check("plugin library", ERROR, f"{path} does not exist", hint)
+    if not allowed:
+        return Check(
+            "plugin library",
+            OK,
+            f"{path} (listed and verified; not loaded: loading runs its code)",
+            "pass --allow-plugins to load the bundle's library and check that it registers "
+            f"{engines.PLUGIN_OP}",
+            data={"path": str(path)},
+        )
     if facts.trt is None or facts.device is None:
         return Check(
             "plugin library",
@@ -607,19 +628,26 @@ def run(
     *,
     bundle: str | os.PathLike[str] | None = None,
     plugin: str | os.PathLike[str] | None = None,
+    allow_plugins: bool = False,
     probes: Sequence[Probe] = PROBES,
 ) -> Report:
     """Runs every probe (and, with ``bundle``, which engine it would use here).
 
     Args:
         bundle: a bundle to check engines and plugin library of.
-        plugin: a plugin library to check.
+        plugin: a plugin library to check (loaded: the caller named it).
+        allow_plugins: also load the bundle's own plugin library (which runs its code);
+            without it the library is only verified against the manifest.
         probes: the probes (tests replace them).
 
     Returns:
         The report; a probe that raised is an ``error`` check naming the exception.
     """
-    facts = _Facts(bundle=Path(bundle) if bundle else None, plugin=Path(plugin) if plugin else None)
+    facts = _Facts(
+        bundle=Path(bundle) if bundle else None,
+        plugin=Path(plugin) if plugin else None,
+        allow_plugins=allow_plugins,
+    )
     chosen = list(probes) + ([probe_bundle] if facts.bundle is not None else [])
     checks = []
     for probe in chosen:

@@ -218,6 +218,32 @@ def test_plugin_library_and_bundle(
     )
 
 
+def test_a_bundles_plugin_library_is_verified_and_loaded_only_when_allowed(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from edgeseg.bundle import Bundle, write_bundle
+
+    _no_gpu_no_tensorrt(monkeypatch)
+    # an unlisted library dropped into a bundle folder is no candidate (and fails verification)
+    dropped = tmp_path / "dropped.edgeseg"
+    shutil.copytree(tiny_bundle, dropped)
+    (dropped / "libedgeseg_plugins.so").write_bytes(b"\x7fELF unlisted")
+    plugin = _by_name(doctor.run(bundle=dropped, allow_plugins=True))["plugin library"]
+    assert plugin.status == "missing" and "has no libedgeseg_plugins.so" in plugin.detail
+    # a listed, verified library is not loaded unless allowed
+    loaded = Bundle.load(tiny_bundle)
+    files: dict[str, Any] = {n: tiny_bundle / n for n in loaded.manifest.files}
+    files["libedgeseg_plugins.so"] = b"\x7fELF listed"
+    carrying = write_bundle(tmp_path / "carrying", loaded.manifest, files).path
+    plugin = _by_name(doctor.run(bundle=carrying))["plugin library"]
+    assert plugin.status == "ok" and "not loaded: loading runs its code" in plugin.detail
+    assert "--allow-plugins" in plugin.hint
+    plugin = _by_name(doctor.run(bundle=carrying, allow_plugins=True))["plugin library"]
+    assert "not loaded: needs TensorRT and a GPU" in plugin.detail  # asked for: it would load
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edgeseg", "doctor", *args],

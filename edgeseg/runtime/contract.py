@@ -14,9 +14,14 @@ checked on what they show).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgeseg.errors import BundleError
 from edgeseg.manifest import Manifest
 from edgeseg.runtime.backends.base import Backend, TensorInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgeseg.bundle import Bundle
 
 NUM_CLASSES_KEY = "edgeseg.num_classes"  # graph metadata that builds stamp
 _FLOATS = ("float32", "float16")
@@ -67,6 +72,20 @@ def check_graph(backend: Backend, manifest: Manifest, where: str) -> None:
         )
 
 
+def check_bundle_graphs(bundle: Bundle) -> None:
+    """Checks every graph of a bundle against its manifest, each loaded in ONNX Runtime.
+
+    Raises:
+        BundleError: a graph is not the one the manifest describes (see :func:`check_graph`).
+        BackendError: ONNX Runtime cannot load a graph.
+    """
+    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    for name in dict.fromkeys(bundle.manifest.graphs.values()):
+        with OnnxRuntimeBackend(bundle.file(name), threads=1) as backend:
+            check_graph(backend, bundle.manifest, name)
+
+
 def _expect(
     where: str,
     tensor: TensorInfo,
@@ -87,4 +106,4 @@ def _expect(
         )
 
 
-__all__ = ["NUM_CLASSES_KEY", "check_graph"]
+__all__ = ["NUM_CLASSES_KEY", "check_bundle_graphs", "check_graph"]

@@ -75,3 +75,20 @@ def test_the_segmenter_refuses_a_bundle_whose_graph_is_not_its_own(
     # the forged graph's class dimension (4) is not the manifest's (6): the first thing that differs
     with pytest.raises(BundleError, match=r"'probs' is float32 1x4x64x96, but the manifest describes a \(1, 6, H, W\)"):
         edgeseg.Segmenter(forged.path)
+
+
+def test_info_checks_every_graph_too(tiny_bundle: Path, mask_only: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeseg.bundle import write_bundle
+    from edgeseg.cli import cli
+    from edgeseg.runtime.contract import check_bundle_graphs
+
+    check_bundle_graphs(Bundle.load(tiny_bundle))  # a true bundle: no error
+    lying = Bundle.load(mask_only)
+    files = {name: lying.path / name for name in lying.manifest.files}
+    files["model.onnx"] = Bundle.load(tiny_bundle).graph()
+    forged = write_bundle(tmp_path / "forged", dataclasses.replace(lying.manifest, outputs=("mask",)), files)
+    result = CliRunner().invoke(cli, ["info", str(forged.path)])
+    assert result.exit_code == 1 and "but the manifest describes a (1, 6, H, W)" in result.output
+    assert CliRunner().invoke(cli, ["info", str(forged.path), "--no-verify"]).exit_code == 0
