@@ -22,23 +22,38 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"})
 
 
+# 16-bit grayscale as Pillow opens it (PNG, TIFF); 16-bit colour opens as 8-bit "RGB"/"RGBA"
+_GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads an image file as RGB (H, W, 3) or grayscale (H, W) uint8.
 
+    16-bit images are scaled to 8 bits by their high byte (``>> 8``), the
+    same rule Pillow applies to 16-bit colour, so a 16-bit gray image and its
+    RGB copy read alike; nothing saturates at 255.
+
     Raises:
-        InputError: naming the file when it is missing or not a readable image.
+        InputError: naming the file when it is missing, not a readable image,
+            or too large to decode safely (Pillow's decompression-bomb guard).
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("L", "1", "I;16", "I", "F"):
+            if img.mode in _GRAY16_MODES:
+                return (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+            if img.mode in ("L", "1", "I", "F"):
                 return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as err:
         raise InputError(f"{path}: no such image file") from err
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: image too large to decode safely ({err})") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable image ({err})") from err
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise untyped errors on malformed files
+        raise InputError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
 
 
 def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
