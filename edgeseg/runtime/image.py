@@ -21,6 +21,10 @@ def check_frame(frame: object, *, what: str = "frame") -> np.ndarray:
     """Validates a frame and returns it as an (H, W, C) uint8 array.
 
     Accepts HxW (grayscale), HxWx1, HxWx3 (RGB) and HxWx4 (RGBA) uint8 arrays.
+    An ndarray subclass (``np.matrix``, a masked array, a memmap) is viewed as a
+    plain ndarray first: subclasses change what indexing and reshaping return
+    (``np.matrix`` refuses a third axis, and NumPy can corrupt memory while it
+    refuses), and nothing below expects that.
 
     Raises:
         InputError: naming the frame and what was expected.
@@ -29,6 +33,8 @@ def check_frame(frame: object, *, what: str = "frame") -> np.ndarray:
         raise InputError(
             f"{what}: expected a numpy uint8 array of shape (H, W, 3), got {type(frame).__name__}"
         )
+    if type(frame) is not np.ndarray:
+        frame = np.asarray(frame)  # a view of the same memory, no copy
     if frame.dtype != np.uint8:
         hint = " (scale floats in 0..1 with (x * 255).round().astype(np.uint8))" if frame.dtype.kind == "f" else ""
         raise InputError(f"{what}: expected dtype uint8, got {frame.dtype}{hint}")

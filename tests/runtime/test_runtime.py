@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,33 @@ def test_gray_rgba_and_bgr_frames(tiny_bundle: Path, rng: np.random.Generator) -
 def test_bad_frames_get_clear_errors(tiny_bundle: Path, frame: object, message: str) -> None:
     with edgeseg.Segmenter(tiny_bundle) as seg, pytest.raises(InputError, match=message):
         seg(frame)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_ndarray_subclasses_are_plain_frames(tiny_bundle: Path, rng: np.random.Generator) -> None:
+    gray = rng.integers(0, 256, (48, 80), dtype=np.uint8)
+    with edgeseg.Segmenter(tiny_bundle) as seg:
+        expected = seg(gray).mask
+        np.testing.assert_array_equal(seg(np.asmatrix(gray)).mask, expected)  # was a raw ValueError
+        np.testing.assert_array_equal(seg(np.ma.masked_array(gray, mask=gray > 100)).mask, expected)
+        assert seg.preprocess(np.asmatrix(gray)).shape == (1, 64, 96, 3)
+
+
+def test_matrix_of_a_non_contiguous_frame_does_not_crash_the_process() -> None:
+    # np.matrix refuses a third axis while NumPy builds it; here that corrupted the heap
+    # ("double free or corruption") and aborted: run it where an abort cannot take pytest down
+    code = (
+        "import numpy as np\n"
+        "from edgeseg.bundle import InputSpec\n"
+        "from edgeseg.runtime.image import prepare\n"
+        "gray = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)[:, :, 0]\n"
+        "print(prepare(np.asmatrix(gray), InputSpec(size=(64, 96))).shape)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(1, 64, 96, 3)"
 
 
 def test_outputs_the_bundle_lacks(tiny_bundle: Path, dynamic_bundle: Path) -> None:
