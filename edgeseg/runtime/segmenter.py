@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import os
 import time
@@ -13,7 +15,15 @@ import numpy as np
 
 from edgeseg.bundle import Bundle, Manifest
 from edgeseg.errors import BackendError, BundleError, ConfigError
-from edgeseg.runtime.backends import Backend, choose_backend, create_backend, open_backend
+from edgeseg.runtime.backends import (
+    TENSORRT_OPTIONS,
+    Backend,
+    BackendChoice,
+    choose_backend,
+    create_backend,
+    open_backend,
+)
+from edgeseg.runtime.contract import check_graph
 from edgeseg.runtime.image import NearestResizer, model_size, prepare
 from edgeseg.runtime.profiling import Profiler, ProfileSummary
 
@@ -53,6 +63,30 @@ def _engine_builder(given: EngineBuilder | None | str) -> EngineBuilder | None:
     return given
 
 
+def _backend_option_names(name: str) -> frozenset[str]:
+    """The keyword options backend ``name`` (``onnxruntime`` or ``tensorrt``) takes."""
+    if name == "tensorrt":
+        return TENSORRT_OPTIONS
+    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend  # no onnxruntime import
+
+    params = inspect.signature(OnnxRuntimeBackend.__init__).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_backend_options(choice: BackendChoice, options: dict[str, Any]) -> None:
+    """ConfigError for an option the chosen backend does not take (a typo would reach it as a TypeError)."""
+    valid = _backend_option_names(choice.name)
+    unknown = sorted(set(options) - valid)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
+    raise ConfigError(
+        f"Segmenter got option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}, "
+        f"which the {choice.name} backend does not take (chosen because {choice.why}); it takes: "
+        f"{', '.join(sorted(valid))}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    )
+
+
 class Segmenter:
     """Runs a bundle on frames.
 
@@ -75,7 +109,8 @@ class Segmenter:
             engine is then an ``EngineMismatchError``), or any
             :class:`edgeseg.engines.EngineBuilder`.
         **backend_options: passed to the backend (e.g. ``threads=2`` for onnxruntime,
-            ``cuda_graph=True`` for tensorrt).
+            ``cuda_graph=True`` for tensorrt); one the chosen backend does not take
+            is a ``ConfigError``.
 
     Example:
         >>> seg = Segmenter("road.edgeseg")              # doctest: +SKIP
@@ -114,6 +149,7 @@ class Segmenter:
         self.crf = info is not None if crf is None else bool(crf)
         # the backend and (TensorRT) the engine are chosen here, once
         choice = choose_backend(backend, self.bundle, self.precision, backend_options)
+        _check_backend_options(choice, backend_options)
         self.backend_name = choice.name
         self._crf_backend: Backend | None = None
         self._backend: Backend | None = None
@@ -132,6 +168,11 @@ class Segmenter:
             names = self._backend.input_names
             self.close()
             raise BundleError(f"{graph} has no input named 'image' (inputs: {names})")
+        try:  # the graph as loaded is the one the manifest describes (a swapped graph is refused)
+            check_graph(self._backend, self.manifest, graph.name)
+        except BundleError:
+            self.close()
+            raise
         if self.crf and info is not None and info.mode == "separate" and info.graph is not None:
             # engines are built for the model's graph: a separate CRF stays on ONNX Runtime
             same = self.backend_name == "onnxruntime"

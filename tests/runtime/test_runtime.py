@@ -11,7 +11,9 @@ import pytest
 
 import edgeseg
 from edgeseg.errors import BackendError, BundleError, ConfigError, InputError
+from edgeseg.runtime.backends import BackendChoice
 from edgeseg.runtime.image import NearestResizer, resize_image, round_to_multiple, to_channels
+from edgeseg.runtime.segmenter import _check_backend_options
 
 
 def test_mask_matches_frame_size_and_timings(tiny_bundle: Path, rng: np.random.Generator) -> None:
@@ -106,6 +108,27 @@ def test_matrix_of_a_non_contiguous_frame_does_not_crash_the_process() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(1, 64, 96, 3)"
+
+
+def test_unknown_backend_option_names_it_and_lists_the_valid_ones(tiny_bundle: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"Segmenter got option 'treads', which the onnxruntime backend does not take \(chosen "
+        r"because .*\); it takes: profile_dir, providers, spin, threads \(did you mean 'threads'\?\)$",
+    ):
+        edgeseg.Segmenter(tiny_bundle, treads=2)
+    with pytest.raises(ConfigError, match=r"options 'cuda_graph', 'zzz', which the onnxruntime backend.*spin, threads$"):
+        edgeseg.Segmenter(tiny_bundle, backend="onnxruntime", cuda_graph=True, zzz=1)
+    trt = BackendChoice("tensorrt", "asked for")
+    with pytest.raises(
+        ConfigError,
+        match=r"option 'cuda_grpah', which the tensorrt backend does not take \(chosen because asked "
+        r"for\); it takes: cuda_graph, device, dla_core, plugins \(did you mean 'cuda_graph'\?\)$",
+    ):
+        _check_backend_options(trt, {"cuda_grpah": True})
+    _check_backend_options(trt, {"cuda_graph": True, "device": 0})  # valid options pass
+    with edgeseg.Segmenter(tiny_bundle, threads=1, spin=False) as seg:
+        assert seg.backend_name == "onnxruntime"
 
 
 def test_outputs_the_bundle_lacks(tiny_bundle: Path, dynamic_bundle: Path) -> None:
