@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeseg.errors import ConfigError, EdgesegError, SourceError
+from edgeseg.errors import ConfigError, EdgesegError, InputError, SourceError
 from edgeseg.runtime.sources import import_cv2, list_images, read_image, source_kind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,6 +196,9 @@ class _CaptureSource(FrameSource):
     """
 
     def __init__(self, target: int | str, *, live: bool, retries: int = 3, retry_delay_s: float = 0.5) -> None:
+        # OpenCV crashes the process on some negative indexes; refuse them before it sees one
+        if isinstance(target, bool) or (isinstance(target, int) and target < 0):
+            raise ConfigError(f"camera index must be an integer >= 0, got {target!r}")
         self._cv2 = import_cv2()
         self._target = target
         self.live = live
@@ -265,8 +268,8 @@ def open_source(source: Any, *, retries: int = 3) -> FrameSource:
         return source
     if isinstance(source, bool):
         raise ConfigError(f"source must be a camera index, path, pipeline or iterable, got {source!r}")
-    if isinstance(source, int):
-        return _CaptureSource(source, live=True, retries=retries)
+    if isinstance(source, (int, np.integer)):
+        return _CaptureSource(int(source), live=True, retries=retries)
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if "!" in text:
@@ -282,11 +285,30 @@ def open_source(source: Any, *, retries: int = 3) -> FrameSource:
         if kind == "video":
             return _CaptureSource(text, live=False)
         return _FilesSource([path], f"image {path}")
-    if isinstance(source, np.ndarray) and source.ndim == 3:
-        return _IterableSource([source], live=False)
+    if isinstance(source, np.ndarray):
+        return _IterableSource(_frame_stack(source), live=False)
     if isinstance(source, Iterable):
         return _IterableSource(source, live=False)
     raise ConfigError(f"source must be a camera index, path, pipeline or iterable, got {type(source).__name__}")
+
+
+def _frame_stack(source: np.ndarray) -> np.ndarray:
+    """An array source as a plain (N, H, W[, C]) stack of frames, iterated frame by frame.
+
+    A 3-D array is a stack of (H, W) frames unless its last axis is 1, 3 or 4
+    (then it is one (H, W, C) frame); the rule :mod:`edgeseg.runtime.frames` uses.
+
+    Raises:
+        InputError: one frame, or an array of another rank, naming its shape.
+    """
+    frames = np.asarray(source)  # an ndarray subclass (np.matrix) iterates oddly
+    if frames.ndim == 4 or (frames.ndim == 3 and frames.shape[-1] not in (1, 3, 4)):
+        return frames
+    one = frames.ndim == 2 or frames.ndim == 3
+    raise InputError(
+        f"array source of shape {frames.shape}: expected a stack of frames (N, H, W[, C])"
+        + ("; it looks like one frame: wrap it in a list to stream it, stream([frame])" if one else "")
+    )
 
 
 # --------------------------------------------------------------------------- the stream

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import edgeseg
-from edgeseg.errors import ConfigError, SourceError
+from edgeseg.errors import ConfigError, InputError, SourceError
 from edgeseg.runtime import stream as stream_mod
 from edgeseg.runtime.stream import open_source
 
@@ -56,6 +56,24 @@ def test_folder_source_reports_bad_frame_and_goes_on(seg: edgeseg.Segmenter, tmp
     assert [r.frame_index for r in results] == [0, 1, 2, 3]
     assert results[2].error is not None and "02.png" in results[2].error and results[2].mask is None
     assert all(r.mask is not None and r.frame is not None for i, r in enumerate(results) if i != 2)
+
+
+def test_array_sources_are_stacks_of_frames(seg: edgeseg.Segmenter) -> None:
+    stack = np.stack(_frames(3))
+    assert [r.error for r in seg.stream(stack)] == [None] * 3
+    gray_stack = stack[:, :, :, 0]  # (N, H, W): grayscale frames
+    results = list(seg.stream(gray_stack))
+    assert [r.mask.shape for r in results if r.mask is not None] == [(48, 80)] * 3
+    wrap = r"; it looks like one frame: wrap it in a list to stream it, stream\(\[frame\]\)"
+    with pytest.raises(InputError, match=r"array source of shape \(48, 80\): expected a stack of frames "
+                       r"\(N, H, W\[, C\]\)" + wrap):
+        seg.stream(gray_stack[0])
+    with pytest.raises(InputError, match=r"array source of shape \(48, 80, 3\): .*" + wrap):
+        seg.stream(stack[0])
+    with pytest.raises(InputError, match=r"array source of shape \(5,\): expected a stack of frames "
+                       r"\(N, H, W\[, C\]\)$"):
+        seg.stream(np.zeros(5, np.uint8))
+    assert _stream_threads() == []
 
 
 def test_bad_frame_from_an_iterable(seg: edgeseg.Segmenter) -> None:
@@ -182,6 +200,25 @@ def test_camera_retries_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gst.live and "GStreamer pipeline" in gst.description
     assert _FakeCapture.opened[-1] == "videotestsrc ! videoconvert ! appsink"
     assert open_source("/dev/video0").live
+
+
+def test_negative_or_bool_camera_index_is_refused_before_opencv(
+    seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cv2 = pytest.importorskip("cv2", reason="camera sources need opencv-python-headless (video extra)")
+
+    def never(*args: object) -> None:
+        raise AssertionError("OpenCV was given the index")
+
+    monkeypatch.setattr(cv2, "VideoCapture", never)
+    with pytest.raises(ConfigError, match="camera index must be an integer >= 0, got -1"):
+        seg.stream(-1)
+    with pytest.raises(ConfigError, match="camera index must be an integer >= 0, got -2"):
+        seg.stream(np.int64(-2))
+    with pytest.raises(ConfigError, match="camera index must be an integer >= 0, got True"):
+        stream_mod._CaptureSource(True, live=True)
+    with pytest.raises(ConfigError, match="source must be a camera index, path, pipeline or iterable, got True"):
+        seg.stream(True)
 
 
 def test_bad_sources_and_options(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
