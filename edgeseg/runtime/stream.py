@@ -352,6 +352,8 @@ class Stream:
         self.dropped = 0
         self.end_reason: str | None = None
         self.failed = False
+        self._interrupt: BaseException | None = None  # a KeyboardInterrupt/SystemExit raised in a stage
+        self._logged: set[str] = set()  # stages whose unexpected error was logged with its traceback
         oldest = policy == "oldest"
         self._channels = [_Channel(queue_size, oldest, self._count_drop, self._stop) for _ in range(4)]
         self._threads = [
@@ -373,6 +375,8 @@ class Stream:
             while True:
                 item = self._channels[3].get()
                 if item is _END:
+                    if self._interrupt is not None:  # raised in a stage thread: the consumer gets it
+                        raise self._interrupt
                     return
                 result = self._deliver(item)
                 yield result
@@ -392,9 +396,7 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        for channel in self._channels:
-            channel.wake()
+        self._halt()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
@@ -427,7 +429,17 @@ class Stream:
         except Exception as err:  # noqa: BLE001 - a stage must never die silently
             log.exception("stream stage %s failed", name)
             self._finish(f"{name} stage failed: {type(err).__name__}: {err}", failed=True)
-            self._stop.set()  # the stages after it would wait for ever
+            self._halt()  # the stages after it would wait for ever
+        except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt/SystemExit: re-raised to the consumer
+            self._finish(f"{name} stage stopped by {type(err).__name__}", failed=True)
+            self._interrupt = err
+            self._halt()
+
+    def _halt(self) -> None:
+        """Stops every stage now, leaving what is queued (close, or an interrupt)."""
+        self._stop.set()
+        for channel in self._channels:
+            channel.wake()
 
     def _finish(self, reason: str, *, failed: bool) -> None:
         """Records why the stream ends: the first reason, unless a failure follows a normal end."""
@@ -456,6 +468,10 @@ class Stream:
             except EdgesegError as err:
                 self._finish(str(err), failed=True)
                 break
+            except Exception as err:  # noqa: BLE001 - a source that dies ends the stream; what it read is delivered
+                log.warning("%s failed", self._source.description, exc_info=True)
+                self._finish(f"{self._source.description} failed: {type(err).__name__}: {err}", failed=True)
+                break
             item = _Item(index, ts, t0, name=name, frame=frame, error=error)
             item.stages["capture"] = (t0, time.perf_counter())
             index += 1
@@ -475,9 +491,20 @@ class Stream:
                     work(item)
                 except EdgesegError as err:
                     item.error = f"frame {item.index}: {err}"
+                except Exception as err:  # noqa: BLE001 - a stage reports a frame's failure, it never stops the stream
+                    item.error = f"frame {item.index}: {name} failed: {type(err).__name__}: {err}"
+                    self._log_unexpected(name, item.error)
                 item.stages.setdefault(name, (t0, time.perf_counter()))
             if not self._forward(stage + 1, item):
                 return
+
+    def _log_unexpected(self, stage: str, error: str) -> None:
+        """Logs a stage's unexpected error: with its traceback the first time, briefly after."""
+        if stage in self._logged:
+            log.debug("stream %s", error)
+            return
+        self._logged.add(stage)
+        log.warning("stream %s (the stream goes on)", error, exc_info=True)
 
     def _preprocess(self) -> None:
         from edgeseg.runtime.image import check_frame, prepare
@@ -485,7 +512,11 @@ class Stream:
         spec = self._seg.manifest.input
 
         def work(item: _Item) -> None:
-            item.frame = check_frame(item.frame, what=f"frame {item.index}")
+            try:
+                item.frame = check_frame(item.frame, what=f"frame {item.index}")
+            except InputError as err:  # its message names the frame already: no second prefix
+                item.error = str(err)
+                return
             item.image = prepare(item.frame, spec, bgr=self._bgr)
 
         self._stage(0, "preprocess", work)

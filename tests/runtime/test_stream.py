@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,41 @@ def test_folder_source_reports_bad_frame_and_goes_on(seg: edgeseg.Segmenter, tmp
     assert all(r.mask is not None and r.frame is not None for i, r in enumerate(results) if i != 2)
 
 
+def _bomb_png(path: Path) -> None:
+    """A real PNG whose header claims 20000 x 20000 pixels: Pillow refuses it as a decompression bomb."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_folder_with_a_decompression_bomb_reports_it_on_its_frame(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
+    for i, frame in enumerate(_frames(4)):
+        Image.fromarray(frame).save(tmp_path / f"{i:02d}.png")
+    _bomb_png(tmp_path / "01.png")
+    with seg.stream(tmp_path) as s:
+        results = list(s)
+    assert [r.frame_index for r in results] == [0, 1, 2, 3]
+    assert results[1].error is not None and results[1].mask is None
+    assert "01.png: image too large to decode safely" in results[1].error
+    assert all(r.error is None for i, r in enumerate(results) if i != 1)
+    assert not s.failed
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_ndarray_subclass_frames_are_segmented_as_plain_arrays(seg: edgeseg.Segmenter) -> None:
+    # (np.matrix of a non-contiguous frame aborted the process: test_runtime checks it in a subprocess)
+    gray = np.ascontiguousarray(_frames(1)[0][:, :, 0])
+    masked = np.ma.masked_array(gray, mask=gray > 200)
+    results = list(seg.stream([np.asmatrix(gray), masked]))
+    assert [r.error for r in results] == [None, None]
+    expected = seg(gray).mask
+    for r in results:
+        np.testing.assert_array_equal(r.mask, expected)
+
+
 def test_array_sources_are_stacks_of_frames(seg: edgeseg.Segmenter) -> None:
     stack = np.stack(_frames(3))
     assert [r.error for r in seg.stream(stack)] == [None] * 3
@@ -81,7 +118,8 @@ def test_bad_frame_from_an_iterable(seg: edgeseg.Segmenter) -> None:
     frames.insert(1, np.zeros((48, 80, 3), np.float32))
     results = list(seg.stream(frames))
     assert len(results) == 4
-    assert results[1].error is not None and "frame 1" in results[1].error and "uint8" in results[1].error
+    assert results[1].error is not None and results[1].error.startswith("frame 1: expected dtype uint8")
+    assert results[1].error.count("frame 1") == 1  # one prefix, not "frame 1: frame 1: ..."
     assert [r.error is None for r in results] == [True, False, True, True]
 
 
@@ -143,16 +181,84 @@ def test_break_stops_every_thread_promptly(seg: edgeseg.Segmenter) -> None:
     assert time.perf_counter() - start < 5.0
 
 
-def test_stage_crash_ends_the_stream_instead_of_hanging(seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_exception_is_reported_on_its_frame_and_the_stream_goes_on(
+    seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backend = seg._require_open()
+    infer = backend.infer
+    calls = iter(range(100))
 
-    def broken(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
-        raise RuntimeError("device lost")
+    def flaky(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
+        if next(calls) == 2:
+            raise RuntimeError("device hiccup")
+        return infer(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(backend, "infer", broken)
+    monkeypatch.setattr(backend, "infer", flaky)
     with seg.stream(_frames(5)) as s:
         results = list(s)
-    assert results == [] and s.failed and "infer stage failed: RuntimeError: device lost" in (s.end_reason or "")
+    assert [r.frame_index for r in results] == [0, 1, 2, 3, 4]
+    assert results[2].error == "frame 2: infer failed: RuntimeError: device hiccup" and results[2].mask is None
+    assert all(r.error is None and r.mask is not None for i, r in enumerate(results) if i != 2)
+    assert not s.failed and s.end_reason == "end of iterable list"
+
+
+def test_postprocess_exception_is_reported_on_its_frame(
+    seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        raise IndexError("bad table")
+
+    monkeypatch.setattr(seg, "_resize_mask", broken)
+    results = list(seg.stream(_frames(3)))
+    assert [r.error for r in results] == [f"frame {i}: postprocess failed: IndexError: bad table" for i in range(3)]
+
+
+def test_source_raising_any_exception_delivers_every_frame_it_read(seg: edgeseg.Segmenter) -> None:
+    frames = _frames(10)
+
+    def dying() -> Iterator[np.ndarray]:
+        yield from frames
+        raise RuntimeError("driver crashed")
+
+    for _ in range(3):  # the lost frames were a race: try it more than once
+        with seg.stream(dying()) as s:
+            results = list(s)
+        assert [r.frame_index for r in results] == list(range(10))
+        assert all(r.error is None for r in results)
+        assert s.failed and s.end_reason == "iterable generator failed: RuntimeError: driver crashed"
+
+
+def test_keyboard_interrupt_in_a_source_stops_the_stream(seg: edgeseg.Segmenter) -> None:
+    def interrupted() -> Iterator[np.ndarray]:
+        yield from _frames(3)
+        raise KeyboardInterrupt
+
+    with seg.stream(interrupted()) as s, pytest.raises(KeyboardInterrupt):
+        list(s)
+    assert s.failed and s.end_reason == "capture stage stopped by KeyboardInterrupt"
+    assert _stream_threads() == []
+
+
+def test_system_exit_in_a_stage_stops_the_stream(seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+    def leaving(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(seg._require_open(), "infer", leaving)
+    with seg.stream(_frames(5)) as s, pytest.raises(SystemExit):
+        list(s)
+    assert s.failed and s.end_reason == "infer stage stopped by SystemExit"
+
+
+def test_stage_loop_crash_ends_the_stream_instead_of_hanging(
+    seg: edgeseg.Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_forward(self: stream_mod.Stream, stage: int, item: object) -> bool:
+        raise RuntimeError("channel bug")
+
+    monkeypatch.setattr(stream_mod.Stream, "_forward", broken_forward)
+    with seg.stream(_frames(5)) as s:
+        results = list(s)
+    assert results == [] and s.failed and "capture stage failed: RuntimeError: channel bug" in (s.end_reason or "")
 
 
 def test_profile_has_every_stage(seg: edgeseg.Segmenter) -> None:
