@@ -7,9 +7,11 @@ evicts its oldest item, so the consumer always gets the newest frame and
 latency stays bounded however slow it is; every eviction is counted. With
 ``drop="none"`` producers wait, and every frame is processed.
 
-A frame that cannot be read or prepared comes out as a result with ``error``
-set; the stream goes on. A source that dies (after a bounded number of
-retries for cameras) ends the stream, and ``Stream.end_reason`` says why.
+A frame that cannot be read, prepared, inferred or post-processed comes out
+as a result with ``error`` set; the stream goes on. A source that dies (after
+a bounded number of retries for cameras), or a video that ends before its
+container's frame count, ends the stream: every frame read before is still
+delivered, then ``Stream.end_reason`` says why and ``Stream.failed`` is True.
 ``close()`` (or leaving ``with``, or breaking out of the loop) stops every
 thread promptly; no thread or buffer outlives the stream.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -211,6 +214,9 @@ class _CaptureSource(FrameSource):
         self._cap = self._open()
         if self._cap is None:
             raise SourceError(f"{self.description}: OpenCV cannot open it")
+        # a video file's container says how many frames it holds (0, -1 or NaN: unknown)
+        count = 0.0 if live else float(self._cap.get(self._cv2.CAP_PROP_FRAME_COUNT))
+        self._expected = int(count) if math.isfinite(count) and count > 0 else None
 
     def _open(self) -> Any:
         cv2 = self._cv2
@@ -228,6 +234,11 @@ class _CaptureSource(FrameSource):
                     self._count += 1
                     return np.ascontiguousarray(bgr[:, :, ::-1]), None, f"frame_{self._count - 1:06d}"
             if not self.live:
+                if self._expected is not None and self._count < self._expected:
+                    raise SourceError(
+                        f"{self.description} ended after {self._count} of {self._expected} frames "
+                        "(truncated or corrupt)"
+                    )
                 raise StopIteration  # end of the video file
             if attempt < self._retries:
                 log.warning("%s: no frame; reopening (%d/%d)", self.description, attempt + 1, self._retries)

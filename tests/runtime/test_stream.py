@@ -327,6 +327,38 @@ def test_negative_or_bool_camera_index_is_refused_before_opencv(
         seg.stream(True)
 
 
+def _write_avi(path: Path, frames: int) -> None:
+    cv2 = pytest.importorskip("cv2", reason="videos need opencv-python-headless (video extra)")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV cannot write MJPG AVI files")
+    for frame in _frames(frames):
+        writer.write(frame)
+    writer.release()
+
+
+def test_video_ends_normally_after_its_frame_count(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
+    video = tmp_path / "whole.avi"
+    _write_avi(video, 60)
+    with seg.stream(video) as s:
+        results = list(s)
+    assert len(results) == 60 and all(r.error is None for r in results)
+    assert not s.failed and s.end_reason == f"end of video {video}"
+
+
+def test_truncated_video_ends_failed_naming_both_counts(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
+    video = tmp_path / "cut.avi"
+    _write_avi(video, 60)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the header still says 60 frames
+    with seg.stream(video) as s:
+        results = list(s)
+    assert 0 < len(results) < 60
+    assert s.failed and s.end_reason == (
+        f"video {video} ended after {len(results)} of 60 frames (truncated or corrupt)"
+    )
+
+
 def test_bad_sources_and_options(seg: edgeseg.Segmenter, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         seg.stream(tmp_path / "missing.mp4")
