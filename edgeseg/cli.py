@@ -713,9 +713,11 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--crf/--no-crf", "crf", default=None, help="Switch the bundle's CRF stage [default: on if it has one].")
+@click.option("--allow-plugins", is_flag=True,
+              help="Load a TensorRT plugin library the bundle carries (it runs that library's code).")
 def run_cmd(
     bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str,
-    crf: bool | None,
+    crf: bool | None, allow_plugins: bool,
 ) -> None:
     """Segment an image, a folder of images or a video with a bundle."""
     from edgeseg.runtime.sources import count_frames, source_kind
@@ -732,7 +734,7 @@ def run_cmd(
     done, bad = 0, []
     infer_ms: list[float] = []
     total_ms: list[float] = []
-    with Segmenter(bundle, backend=backend, crf=crf) as seg:
+    with Segmenter(bundle, backend=backend, crf=crf, allow_plugins=allow_plugins) as seg:
         if masks is not None:
             masks.mkdir(parents=True, exist_ok=True)
         try:
@@ -877,9 +879,12 @@ class _OverlayWriter:
               help="Write a PNG: latency histogram and per-frame timeline (needs matplotlib).")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--crf/--no-crf", "crf", default=None, help="Switch the bundle's CRF stage [default: on if it has one].")
+@click.option("--allow-plugins", is_flag=True,
+              help="Load a TensorRT plugin library the bundle carries (it runs that library's code).")
 def profile_cmd(
     bundle: Path, source: str | None, frames: int, warmup: int, layers: bool, top: int,
     json_path: Path | None, trace: Path | None, plot: Path | None, backend: str, crf: bool | None,
+    allow_plugins: bool,
 ) -> None:
     """Measure latency per stage through the streaming pipeline (p50/p90/p99, fps, jitter)."""
     if frames < 1 or warmup < 0:
@@ -900,7 +905,7 @@ def profile_cmd(
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-profile-") as tmp:
         options: dict[str, Any] = {"profile_dir": tmp} if layers else {}
-        with Segmenter(bundle, backend=backend, crf=crf, **options) as seg:
+        with Segmenter(bundle, backend=backend, crf=crf, allow_plugins=allow_plugins, **options) as seg:
             feed = _profile_source(source, seg, frames + warmup)
             with click.progressbar(length=frames + warmup, label="profiling", file=sys.stderr, show_pos=True) as bar:
                 with seg.stream(feed, drop="none", max_frames=frames + warmup) as stream:

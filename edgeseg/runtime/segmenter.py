@@ -108,6 +108,9 @@ class Segmenter:
             same settings as the engine it replaces), None never builds (a missing
             engine is then an ``EngineMismatchError``), or any
             :class:`edgeseg.engines.EngineBuilder`.
+        allow_plugins: load a TensorRT plugin library that the bundle carries. Off by
+            default: loading a library runs its code, and a bundle's checksums are its
+            author's own. ``plugins=[PATH]`` (a library you built) needs no opt-in.
         **backend_options: passed to the backend (e.g. ``threads=2`` for onnxruntime,
             ``cuda_graph=True`` for tensorrt); one the chosen backend does not take
             is a ``ConfigError``.
@@ -129,6 +132,7 @@ class Segmenter:
         crf: bool | None = None,
         profile_window: int = 1000,
         engine_builder: EngineBuilder | None | str = "default",
+        allow_plugins: bool = False,
         **backend_options: Any,
     ) -> None:
         self.bundle = Bundle.load(path, verify=verify)
@@ -156,7 +160,8 @@ class Segmenter:
         try:
             self._backend, self.bundle = open_backend(
                 choice, self.bundle, self.precision,
-                engine_builder=_engine_builder(engine_builder), **backend_options,
+                engine_builder=_engine_builder(engine_builder), allow_plugins=allow_plugins,
+                **backend_options,
             )
         except BackendError as err:
             if backend != "auto" or choice.name == "onnxruntime":

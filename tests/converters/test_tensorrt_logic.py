@@ -15,6 +15,7 @@ and ``tools/typecheck_tensorrt.py`` are for.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
 import json
 import shutil
@@ -812,28 +813,30 @@ def test_add_engine_profiles_and_refusals(
         add_engine(static, "int8", device=ORIN)
 
 
-def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path: Path) -> None:
+def test_plugin_mode_needs_a_library(
+    stand_ins: types.SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Control flow only: DeformConv with --deform-conv plugin needs libedgeseg_plugins.so."""
     from onnx import TensorProto, helper
 
     nodes = [
         helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["xf"], ["x"], perm=[0, 3, 1, 2]),
-        helper.make_node("DeformConv", ["x", "w", "off"], ["y"], name="dcn"),
+        helper.make_node("DeformConv", ["x", "w", "off"], ["y"], name="dcn", pads=[1, 1, 1, 1]),
         helper.make_node("ArgMax", ["y"], ["am"], axis=1, keepdims=0),
         helper.make_node("Cast", ["am"], ["mask"], to=TensorProto.UINT8),
     ]
     inits = [
         helper.make_tensor("w", TensorProto.FLOAT, [2, 3, 3, 3], np.ones(54, np.float32).tolist()),
         helper.make_tensor(
-            "off", TensorProto.FLOAT, [1, 18, 8, 8], np.zeros(18 * 64, np.float32).tolist()
+            "off", TensorProto.FLOAT, [1, 18, 10, 10], np.zeros(18 * 100, np.float32).tolist()
         ),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 10, 10, 3])],
-        [helper.make_tensor_value_info("mask", TensorProto.UINT8, [1, 8, 8])],
+        [helper.make_tensor_value_info("mask", TensorProto.UINT8, [1, 10, 10])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
@@ -873,6 +876,30 @@ def test_plugin_mode_needs_a_library(stand_ins: types.SimpleNamespace, tmp_path:
     assert entries["plugin"].plugins == ("libedgeseg_plugins.so",)
     assert (with_plugin.path / "libedgeseg_plugins.so").read_bytes() == b"\x7fELF stand-in"
     assert ("parse", "model.plugin.onnx") in stand_ins.trt.calls
+    # opening the bundle does not load the library it carries (its code) unless asked
+    only_plugin = write_bundle(
+        with_plugin.path,
+        dataclasses.replace(with_plugin.manifest, engines=(entries["plugin"],)),
+        {n: with_plugin.path / n for n in with_plugin.manifest.files},
+        overwrite=True,
+    )
+    loads: list[Any] = []
+    monkeypatch.setattr(
+        "edgeseg.runtime.backends.tensorrt.load_plugin_libraries",
+        lambda logger, libraries: loads.append(list(libraries)),
+    )
+    with pytest.raises(
+        BackendError,
+        match=r"needs the plugin library libedgeseg_plugins.so that .* carries; loading it runs that "
+        r"library's code, so it is not loaded unasked: pass allow_plugins=True \(--allow-plugins\)",
+    ):
+        edgeseg.Segmenter(only_plugin.path, backend="tensorrt")
+    with edgeseg.Segmenter(only_plugin.path, backend="auto") as seg:
+        assert seg.backend_name == "onnxruntime"  # auto falls back rather than run unasked code
+    assert loads == []
+    with edgeseg.Segmenter(only_plugin.path, backend="tensorrt", allow_plugins=True):
+        pass
+    assert loads == [[only_plugin.path / "libedgeseg_plugins.so"]]
 
 
 def test_backend_data_path(
