@@ -41,7 +41,7 @@ from converters.tensorrt import (
     timing_cache_path,
 )
 from edgeseg.bundle import Bundle, InputSpec, Manifest, write_bundle
-from edgeseg.engines import DeviceInfo, choose_engine, tensorrt_version
+from edgeseg.engines import DeviceInfo, choose_engine, probe_device, tensorrt_version
 from edgeseg.errors import (
     BackendError,
     BundleError,
@@ -338,7 +338,15 @@ def test_cli_engine_options_and_one_line_errors(tiny_bundle: Path) -> None:
         assert option in help_text, option
     assert "--cuda-arch" in _cli("plugins", "build", "--help").stdout
     proc = _cli("engine", str(tiny_bundle), "--max-shape", "96x96")
-    if tensorrt_version() is None:
+    try:
+        probe_device(with_tensorrt=False)
+        gpu = True
+    except BackendError:
+        gpu = False
+    if not gpu:  # said first: there is nothing to build for
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("Error: no NVIDIA GPU here to build an engine for")
+    elif tensorrt_version() is None:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert "TensorRT's Python package is not installed" in proc.stderr
     proc = _cli("engine", str(tiny_bundle), "--opt-level", "9")
