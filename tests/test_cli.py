@@ -29,15 +29,21 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], text: str, cod
 
 @pytest.fixture(scope="module")
 def cli_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from click.testing import CliRunner
+
+    from edgeseg.cli import cli
+
     out = tmp_path_factory.mktemp("cli") / "unet.edgeseg"
-    proc = edgeseg_cli(
+    # in this process (torch is imported once per session); the subprocess tests below cover
+    # what only a fresh interpreter shows (one-line errors, no torch import)
+    result = CliRunner().invoke(cli, [
         "build", "--model", "unet", "--out", str(out), "--input-size", "64x64", "--num-classes", "3",
         "-o", "base_channels=8", "--num-samples", "2", "--outputs", "mask,probs",
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "built" in proc.stdout and "agreement" in proc.stdout
-    assert "[edgeseg] exporting to ONNX" in proc.stderr  # progress
-    assert "untrained" in proc.stderr  # no weights: the build says so
+    ])
+    assert result.exit_code == 0, result.output
+    assert "built" in result.stdout and "agreement" in result.stdout
+    assert "[edgeseg] exporting to ONNX" in result.stderr  # progress
+    assert "untrained" in result.stderr  # no weights: the build says so
     return out
 
 
@@ -274,7 +280,18 @@ REFUSED_BEFORE_WORK = [
 ]
 
 
-@pytest.mark.parametrize(("args", "text"), REFUSED_BEFORE_WORK)
+# each case is a CLI subprocess: the fast loop keeps one per command, the full suite runs all
+def _refused_params() -> list[Any]:
+    seen: set[str] = set()
+    params = []
+    for args, text in REFUSED_BEFORE_WORK:
+        command = args[0]
+        params.append(pytest.param(args, text, marks=() if command not in seen else pytest.mark.slow))
+        seen.add(command)
+    return params
+
+
+@pytest.mark.parametrize(("args", "text"), _refused_params())
 def test_arguments_are_refused_before_any_work(args: list[str], text: str, paths: dict[str, str]) -> None:
     """Output paths and cheap arguments are checked before torch is imported or a frame is read."""
     proc = light_cli(*(a.format(**paths) for a in args), cwd=Path(paths["tmp"]))

@@ -253,6 +253,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_json_and_exit_code() -> None:
     """Whatever this machine has: --json parses; the exit code is 0 exactly when it is ready."""
     proc = _cli("--json")

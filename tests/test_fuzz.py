@@ -34,6 +34,8 @@ JSON = st.recursive(
     max_leaves=12,
 )
 
+pytestmark = pytest.mark.slow  # hundreds of examples each: the full suite runs them
+
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

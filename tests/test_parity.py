@@ -285,6 +285,7 @@ def test_limit_keeps_sequence_labels_aligned(tiny_bundle: Path) -> None:
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+@pytest.mark.slow
 def test_reference_model_needs_weights_or_factory(tiny_bundle: Path, tmp_path: Path) -> None:
     manifest = Bundle.load(tiny_bundle).manifest
     with pytest.raises(ConfigError, match=r"built from a user module .*pass factory='module:callable'"):

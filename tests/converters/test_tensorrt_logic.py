@@ -322,6 +322,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_engine_options_and_one_line_errors(tiny_bundle: Path) -> None:
     help_text = _cli("build", "--help").stdout
     for option in (

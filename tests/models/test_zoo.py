@@ -112,8 +112,14 @@ def _sizes(name: str) -> list[tuple[int, int]]:
 
 # --------------------------------------------------------------------------- case table
 
+# ResNet-50 cases take seconds each: the full suite runs them, the fast loop the small backbones
+CASE_PARAMS = [
+    pytest.param(i, id=CASE_IDS[i], marks=pytest.mark.slow if "resnet50" in CASE_IDS[i] else ())
+    for i in range(len(CASES))
+]
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+
+@pytest.mark.parametrize("index", CASE_PARAMS)
 def test_forward_gives_logits_at_input_size(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)
@@ -135,7 +141,7 @@ def test_forward_gives_logits_at_input_size(index: int) -> None:
     assert not torch.allclose(both[0], both[1])
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", CASE_PARAMS)
 def test_forward_rejects_invalid_sizes(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)
@@ -150,7 +156,7 @@ def test_forward_rejects_invalid_sizes(index: int) -> None:
         model(torch.randn(3, 2 * m, 2 * m))
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", CASE_PARAMS)
 def test_in_channels_one(index: int) -> None:
     name, options = CASES[index]
     model = create_model(name, num_classes=2, in_channels=1, **options)
@@ -548,7 +554,7 @@ def test_complexity_fcn32s_full_width_by_hand() -> None:
     assert gflops == pytest.approx(2 * macs / 1e9, rel=1e-3)
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("index", CASE_PARAMS)
 def test_complexity_positive_and_scales(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)

@@ -123,6 +123,7 @@ def test_bad_frame_from_an_iterable(seg: edgeseg.Segmenter) -> None:
     assert [r.error is None for r in results] == [True, False, True, True]
 
 
+@pytest.mark.slow
 def test_drop_oldest_keeps_latency_bounded_with_a_slow_consumer(seg: edgeseg.Segmenter) -> None:
     frame = _frames(1)[0]
 
