@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from converters.options import DEFAULT_OPSET
-from converters.passes import simplify, strip_metadata
+from converters.passes import shapes_after_cast, simplify, strip_metadata
 from edgeseg.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ def onnx_from_module(model: nn.Module, spec: ExportSpec) -> onnx.ModelProto:
         proto = _name_dynamic_dims(proto)
     if spec.simplify:
         proto = simplify(proto)
+    if spec.dynamic:
+        proto = shapes_after_cast(proto)  # TensorRT: uint8 `image` may feed only a Cast
     check_graph(proto)
     return proto
 
@@ -256,8 +258,6 @@ def uint8_io_problems(model: onnx.ModelProto) -> list[str]:
         if value.type.tensor_type.elem_type != uint8:
             continue
         for node in model.graph.node:
-            if node.op_type == "Shape":  # reads dimensions only (dynamic graphs)
-                continue
             if value.name in node.input and not (node.op_type == "Cast" and cast_to.get(node.output[0]) in _FLOATS):
                 problems.append(f"input {value.name!r} feeds {node.op_type} {node.name!r} (expected a Cast to float)")
     outputs = [v for v in model.graph.output if v.type.tensor_type.elem_type == uint8]

@@ -112,6 +112,34 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def shapes_after_cast(model: onnx.ModelProto, name: str = "image") -> onnx.ModelProto:
+    """A copy whose ``Shape`` nodes read graph input ``name`` through its Cast to float.
+
+    The exporter reads a dynamic graph's symbolic height and width with
+    ``Shape`` straight from the uint8 ``image`` input; TensorRT takes a uint8
+    network input only as the input of a Cast (onnx-tensorrt's operator table
+    lists no UINT8 for ``Shape``). A Cast keeps the shape, so ``Shape`` of the
+    cast tensor gives the same dimensions. Graphs with no such Cast are returned
+    as they are (the uint8 rule check then names what reads the input).
+    """
+    out = _copy(model)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    cast = next(
+        (
+            n for n in out.graph.node
+            if n.op_type == "Cast" and n.input and n.input[0] == name
+            and any(a.name == "to" and a.i in floats for a in n.attribute)
+        ),
+        None,
+    )
+    if cast is None:
+        return out
+    for node in out.graph.node:
+        if node.op_type == "Shape" and node.input and node.input[0] == name:
+            node.input[0] = cast.output[0]
+    return topological_sort(out)
+
+
 def with_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
     """A copy with model-level metadata properties set (replacing ones of the same key)."""
     out = _copy(model)

@@ -154,10 +154,27 @@ def test_uint8_io_goes_through_float_casts() -> None:
     problems = uint8_io_problems(bad)
     assert any("feeds Transpose 'tr'" in p for p in problems), problems
     assert any("output 'mask'" in p for p in problems), problems
+    # Shape on the uint8 input: what the exporter writes for dynamic graphs, refused by TensorRT
+    shape_read = graph([
+        helper.make_node("Shape", ["image"], ["dims"], name="dims_of_image"),
+        *good.graph.node,
+    ])
+    assert uint8_io_problems(shape_read) == [
+        "input 'image' feeds Shape 'dims_of_image' (expected a Cast to float)"
+    ]
+    from converters.passes import shapes_after_cast
+
+    fixed = shapes_after_cast(shape_read)
+    assert uint8_io_problems(fixed) == []
+    assert [n.input[0] for n in fixed.graph.node if n.op_type == "Shape"] == ["f"]
+    assert [n.input[0] for n in shape_read.graph.node if n.op_type == "Shape"] == ["image"]  # pure
 
 
-def test_exported_graphs_keep_uint8_io_tensorrt_friendly(tiny_bundle: Path) -> None:
+def test_exported_graphs_keep_uint8_io_tensorrt_friendly(tiny_bundle: Path, dynamic_bundle: Path) -> None:
     from converters.export import uint8_io_problems
 
-    model = onnx.load(str(tiny_bundle / "model.onnx"))
-    assert uint8_io_problems(model) == []
+    for bundle in (tiny_bundle, dynamic_bundle):
+        model = onnx.load(str(bundle / "model.onnx"))
+        assert uint8_io_problems(model) == []
+        # a dynamic graph reads its height and width through the Cast: `image` feeds a Cast only
+        assert [n.op_type for n in model.graph.node if "image" in n.input] == ["Cast"]
