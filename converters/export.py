@@ -201,6 +201,10 @@ def onnx_from_module(model: nn.Module, spec: ExportSpec) -> onnx.ModelProto:
         proto = simplify(proto)
     if spec.dynamic:
         proto = shapes_after_cast(proto)  # TensorRT: uint8 `image` may feed only a Cast
+    if any(n.op_type == "DeformConv" for n in proto.graph.node):
+        from converters.passes.deform import explicit_masks
+
+        proto = explicit_masks(proto)  # DCNv1: TensorRT sizes a missing mask wrongly
     check_graph(proto)
     return proto
 

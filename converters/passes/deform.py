@@ -36,6 +36,7 @@ __all__ = [
     "DEFORM_CONV_MODES",
     "PLUGIN_FIELDS",
     "apply_deform_conv_mode",
+    "explicit_masks",
     "to_native",
     "to_plugin",
 ]
@@ -131,22 +132,9 @@ def to_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
         inputs = list(node.input) + [""] * (5 - len(node.input))
         elem_type = _check_tensors(node, label, attrs, types, initializers)
         prefix = f"{HELPER_PREFIX}{node.name or node.output[0]}/"
-        synthesized: list[int] = []
-        if not inputs[_BIAS]:
-            inputs[_BIAS] = prefix + "zero_bias"
-            weight = initializers.get(inputs[1])
-            if weight is not None:
-                zeros = np.zeros(weight.dims[0], _FLOAT_TYPES[elem_type])
-                added_initializers.append(numpy_helper.from_array(zeros, inputs[_BIAS]))
-            else:
-                nodes += _zero_bias_nodes(inputs[1], inputs[_BIAS], prefix, elem_type)
-            synthesized.append(_BIAS)
-        if not inputs[_MASK]:
-            inputs[_MASK] = prefix + "ones_mask"
-            halve = numpy_helper.from_array(np.array([1, 2, 1, 1], np.int64), prefix + "halve_c")
-            added_initializers.append(halve)
-            nodes += _ones_mask_nodes(inputs[2], halve.name, inputs[_MASK], prefix, elem_type)
-            synthesized.append(_MASK)
+        synthesized = _fill_optional_inputs(
+            inputs, prefix, elem_type, initializers, nodes, added_initializers
+        )
         nodes.append(_plugin_node(node, inputs, attrs, synthesized))
         rewritten += 1
     del graph.node[:]
@@ -208,6 +196,84 @@ def _plugin_node(
     if synthesized:
         plugin.attribute.append(helper.make_attribute(SYNTHESIZED_ATTR, synthesized))
     return plugin
+
+
+def explicit_masks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gives every mask-less ``DeformConv`` (DCNv1) an explicit all-ones mask (and a zero bias
+    where it has none), which compute the same output.
+
+    TensorRT's ONNX importer builds the default mask of a mask-less DeformConv
+    with the offset's shape, which has twice the channels a mask has; an
+    explicit mask of the right shape (``ConstantOfShape(Shape(offset) / [1, 2, 1,
+    1])``) sidesteps that on every TensorRT version, and ONNX Runtime runs it as
+    before. Nodes that already have a mask are left as they are.
+
+    Raises:
+        ExportError: a DeformConv with malformed attributes or inputs; the message names it.
+    """
+    out = _copy(model)
+    graph = out.graph
+    if not any(_is_native(n) and _maskless(n) for n in graph.node):
+        return out
+    types = _TypeTable(out)
+    initializers = {i.name: i for i in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    added_initializers: list[onnx.TensorProto] = []
+    for node in graph.node:
+        if not (_is_native(node) and _maskless(node)):
+            nodes.append(node)
+            continue
+        label = _label(node)
+        attrs = _native_attributes(node, label)
+        elem_type = _check_tensors(node, label, attrs, types, initializers)
+        inputs = list(node.input) + [""] * (5 - len(node.input))
+        prefix = f"{HELPER_PREFIX}{node.name or node.output[0]}/"
+        _fill_optional_inputs(inputs, prefix, elem_type, initializers, nodes, added_initializers)
+        masked = onnx.NodeProto()
+        masked.CopyFrom(node)
+        del masked.input[:]
+        masked.input.extend(inputs)
+        nodes.append(masked)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added_initializers)
+    return out
+
+
+def _maskless(node: onnx.NodeProto) -> bool:
+    return len(node.input) <= _MASK or not node.input[_MASK]
+
+
+def _fill_optional_inputs(
+    inputs: list[str],
+    prefix: str,
+    elem_type: int,
+    initializers: dict[str, onnx.TensorProto],
+    nodes: list[onnx.NodeProto],
+    added_initializers: list[onnx.TensorProto],
+) -> list[int]:
+    """Supplies a missing bias (zeros) and mask (ones) of a DeformConv's five inputs, in place.
+
+    Returns:
+        The input indexes it supplied (3 = B, 4 = mask).
+    """
+    synthesized: list[int] = []
+    if not inputs[_BIAS]:
+        inputs[_BIAS] = prefix + "zero_bias"
+        weight = initializers.get(inputs[1])
+        if weight is not None:
+            zeros = np.zeros(weight.dims[0], _FLOAT_TYPES[elem_type])
+            added_initializers.append(numpy_helper.from_array(zeros, inputs[_BIAS]))
+        else:
+            nodes += _zero_bias_nodes(inputs[1], inputs[_BIAS], prefix, elem_type)
+        synthesized.append(_BIAS)
+    if not inputs[_MASK]:
+        inputs[_MASK] = prefix + "ones_mask"
+        halve = numpy_helper.from_array(np.array([1, 2, 1, 1], np.int64), prefix + "halve_c")
+        added_initializers.append(halve)
+        nodes += _ones_mask_nodes(inputs[2], halve.name, inputs[_MASK], prefix, elem_type)
+        synthesized.append(_MASK)
+    return synthesized
 
 
 def _zero_bias_nodes(weight: str, bias: str, prefix: str, elem_type: int) -> list[onnx.NodeProto]:

@@ -14,6 +14,7 @@ from converters.passes.deform import (
     PLUGIN_FIELDS,
     SYNTHESIZED_ATTR,
     apply_deform_conv_mode,
+    explicit_masks,
     to_native,
     to_plugin,
 )
@@ -118,7 +119,10 @@ def exported() -> onnx.ModelProto:
 def test_exported_graph_has_the_cases(exported: onnx.ModelProto) -> None:
     deform = [n for n in exported.graph.node if n.op_type == "DeformConv"]
     assert len(deform) == 3
-    assert {len(n.input) for n in deform} == {4, 5}  # one without mask
+    # torchvision's op without mask (DCNv1) exports without one; the export gives it an explicit
+    # ones mask, because TensorRT's importer sizes a missing mask from the offset (2x the channels)
+    assert all(len(n.input) == 5 and n.input[4] for n in deform)
+    assert sum(n.input[4].endswith("/ones_mask") for n in deform) == 1
 
 
 def test_to_plugin_rewrites_every_deform_conv(exported: onnx.ModelProto) -> None:
@@ -234,6 +238,27 @@ def test_missing_bias_and_mask_are_supplied_and_removed_again(computed_weight: b
         _run(_plugin_as_deform_conv(plugin), feeds)[0], expected, rtol=0, atol=1e-6
     )
     np.testing.assert_array_equal(_run(back, feeds)[0], expected)
+
+
+def test_explicit_masks_compute_what_the_maskless_deform_conv_did() -> None:
+    model = _deform_model()  # X, W, offset: no bias, no mask
+    masked = explicit_masks(model)
+    assert model.graph.node[-1].input == ["x", "w", "offset"]  # the input is never modified
+    node = next(n for n in masked.graph.node if n.op_type == "DeformConv")
+    assert len(node.input) == 5 and node.input[3].endswith("zero_bias")
+    assert node.input[4] == "edgeseg_dcn/dcn/ones_mask"
+    onnx.checker.check_model(masked, full_check=True)
+    rng = np.random.default_rng(3)
+    feeds = {
+        "x": rng.standard_normal((2, 4, 6, 7)).astype(np.float32),
+        "offset": (rng.standard_normal((2, 18, 6, 7)) * 2).astype(np.float32),
+    }
+    np.testing.assert_allclose(_run(masked, feeds)[0], _run(model, feeds)[0], rtol=0, atol=1e-6)
+    again = explicit_masks(masked)  # a node with a mask is left as it is
+    assert again.SerializeToString() == masked.SerializeToString()
+    # and the plugin pass takes the explicit mask as given (nothing synthesized)
+    plugin = next(n for n in to_plugin(masked).graph.node if n.op_type == PLUGIN_OP)
+    assert _attrs(plugin).get(SYNTHESIZED_ATTR, []) == []
 
 
 def test_fp16_graph_gets_fp16_helpers() -> None:
