@@ -1040,3 +1040,21 @@ def test_segmenter_auto_falls_back_when_the_engine_fails(
         assert seg.backend_name == "onnxruntime"
     with pytest.raises(BackendError, match="stand-in failure"):
         edgeseg.Segmenter(path, backend="tensorrt")
+
+
+def test_edgesegs_plugin_library_is_registered_once_per_process(
+    stand_ins: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """Control flow only: the bundle's copy after the build folder's is not loaded again
+    (TensorRT logs an ERROR when a creator is registered twice)."""
+    from edgeseg.runtime.backends.tensorrt_lib import load_plugin_libraries, make_logger
+
+    built, copied = tmp_path / "build", tmp_path / "bundle.edgeseg"
+    for folder in (built, copied):
+        folder.mkdir()
+        (folder / "libedgeseg_plugins.so").write_bytes(b"\x7fELF stand-in")
+    logger = make_logger()
+    load_plugin_libraries(logger, [built / "libedgeseg_plugins.so"])
+    load_plugin_libraries(logger, [copied / "libedgeseg_plugins.so", built / "libedgeseg_plugins.so"])
+    loads = [c for c in stand_ins.trt.calls if c[0] == "load_library"]
+    assert loads == [("load_library", str((built / "libedgeseg_plugins.so").resolve()))]

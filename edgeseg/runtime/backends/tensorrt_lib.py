@@ -144,7 +144,9 @@ def load_plugin_libraries(
     ``IPluginRegistry.load_library`` (libraries exporting ``getCreators``, as
     edgeseg's does); when that fails it is opened with ``ctypes`` (libraries
     that register themselves when loaded). A library named
-    :data:`PLUGIN_LIBRARY` must then have registered :data:`PLUGIN_OP`.
+    :data:`PLUGIN_LIBRARY` must then have registered :data:`PLUGIN_OP`; once one
+    has, another copy of it (another path) is not loaded again, since
+    registering the same creator twice is an error to TensorRT.
 
     Raises:
         BackendError: a library is missing or cannot be loaded, or registers no
@@ -164,6 +166,14 @@ def load_plugin_libraries(
             continue
         if not path.is_file():
             raise BackendError(f"plugin library {path} does not exist")
+        if path.name == PLUGIN_LIBRARY:
+            earlier = [p for p in loaded if p.name == PLUGIN_LIBRARY]
+            if earlier:
+                # a second copy (the bundle's, after the build loaded the build folder's) would
+                # register EdgesegDeformConv again, which TensorRT logs as an ERROR: one per process
+                log.info("%s is registered already (from %s); not loading %s", PLUGIN_OP, earlier[0], path)
+                loaded[path] = loaded[earlier[0]]
+                continue
         handle = None
         try:
             handle = registry.load_library(str(path))
