@@ -377,3 +377,32 @@ def test_engine_builder_none_refuses_a_missing_engine(
         edgeseg.Segmenter(tiny_bundle, backend="tensorrt", engine_builder=None)
     with pytest.raises(ConfigError, match="engine_builder must be 'default', None or a callable"):
         edgeseg.Segmenter(tiny_bundle, backend="tensorrt", engine_builder="mine")
+
+
+def test_an_operator_the_installed_onnxruntime_cannot_run_is_named_with_the_way_out(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import onnxruntime
+
+    from edgeseg.runtime.backends.onnxruntime import check_operators
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.23.2")  # the last with Python 3.10 wheels
+    with pytest.raises(
+        BackendError,
+        match=r"model.onnx uses DeformConv, which onnxruntime runs on the CPU only from 1\.31; "
+        r"this is onnxruntime 1\.23\.2\. Run it with the TensorRT backend \(backend='tensorrt'\)",
+    ):
+        check_operators(["Conv", "DeformConv"], "model.onnx")
+    check_operators(["Conv", "Resize"], "model.onnx")  # nothing it cannot run
+    loaded = Bundle.load(tiny_bundle)
+    files = {n: tiny_bundle / n for n in loaded.manifest.files}
+    recorded = dataclasses.replace(loaded.manifest, op_types={"model.onnx": ("Cast", "DeformConv")})
+    bundle = write_bundle(tmp_path / "dcn", recorded, files)  # as a deformable model's bundle records
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: False)
+    with pytest.raises(BackendError, match="uses DeformConv, which onnxruntime runs on the CPU only from 1.31"):
+        edgeseg.Segmenter(bundle.path)
+    monkeypatch.setattr(onnxruntime, "__version__", "1.31.0")
+    with edgeseg.Segmenter(bundle.path) as seg:
+        assert seg.backend_name == "onnxruntime"

@@ -168,7 +168,8 @@ class Segmenter:
                 raise
             log.warning("the %s backend failed (%s); running on onnxruntime", choice.name, err)
             self.backend_name = "onnxruntime"
-            self._backend = create_backend("onnxruntime", self.bundle.graph(self.precision))
+            fallback = BackendChoice("onnxruntime", f"the {choice.name} backend failed")
+            self._backend, _ = open_backend(fallback, self.bundle, self.precision)
         if "image" not in self._backend.input_names:
             names = self._backend.input_names
             self.close()

@@ -190,7 +190,11 @@ def open_backend(
         chosen = extra if extra else list(resolved.plugins)
         backend = TensorRTBackend(resolved.path, plugins=chosen, **options)
         return backend, resolved.bundle
-    return create_backend("onnxruntime", bundle.graph(precision), **options), bundle
+    graph = bundle.graph(precision)
+    from edgeseg.runtime.backends.onnxruntime import check_operators
+
+    check_operators(bundle.manifest.op_types.get(graph.name, ()), str(graph))
+    return create_backend("onnxruntime", graph, **options), bundle
 
 
 def create_backend(name: str, model_path: str | os.PathLike[str], **options: Any) -> Backend:

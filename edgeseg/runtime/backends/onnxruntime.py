@@ -26,6 +26,36 @@ def _import_ort() -> ModuleType:
     return onnxruntime
 
 
+# operators ONNX Runtime's CPU provider runs only from some release on (measured: 1.24 cannot
+# run DeformConv, 1.31 can); JetPack 6's Python 3.10 has onnxruntime <= 1.23.2
+MIN_VERSION_FOR_OP: dict[str, tuple[int, int]] = {"DeformConv": (1, 31)}
+
+
+def check_operators(op_types: Sequence[str], where: str) -> None:
+    """Raises when the installed onnxruntime cannot run one of a graph's operators.
+
+    Args:
+        op_types: the graph's operator types (a bundle records them: ``manifest.op_types``).
+        where: the graph, for the message.
+
+    Raises:
+        BackendError: naming the operator, the release it needs and the one installed,
+            and the ways out.
+    """
+    version = str(_import_ort().__version__)
+    have = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    for op in sorted(set(op_types) & set(MIN_VERSION_FOR_OP)):
+        need = MIN_VERSION_FOR_OP[op]
+        if have < need:
+            raise BackendError(
+                f"{where} uses {op}, which onnxruntime runs on the CPU only from "
+                f"{need[0]}.{need[1]}; this is onnxruntime {version}. Run it with the TensorRT "
+                "backend (backend='tensorrt'), or install "
+                f"onnxruntime>={need[0]}.{need[1]} "
+                "(it has no Python 3.10 wheels: on JetPack 6, use TensorRT)"
+            )
+
+
 def available() -> bool:
     """True when onnxruntime can be imported."""
     try:
