@@ -41,7 +41,6 @@ OK, MISSING, ERROR = "ok", "missing", "error"
 EXIT_READY = 0
 EXIT_NOT_READY = 1
 REQUIRED = ("gpu", "tensorrt", "pycuda")  # what the TensorRT backend cannot run without
-MIN_ONNXRUNTIME = (1, 31)
 
 # L4T (Jetson Linux) release -> JetPack, for the hints (NVIDIA's release table)
 _JETPACK = {"36.4": "6.1/6.2", "36.3": "6.0", "35": "5.1", "38": "7.0"}
@@ -393,17 +392,21 @@ def probe_onnxruntime(facts: _Facts) -> Check:
             "onnxruntime",
             MISSING,
             "not installed: no CPU backend",
-            "pip install 'onnxruntime>=1.31'",
+            "pip install 'edgeseg[cpu]' (on a Jetson: NVIDIA's onnxruntime-gpu, or TensorRT alone)",
         )
     import onnxruntime
 
+    from edgeseg.runtime.backends.onnxruntime import MIN_VERSION_FOR_OP
+
     version = str(onnxruntime.__version__)
-    if engines.parse_version(version)[:2] < MIN_ONNXRUNTIME:
+    have = engines.parse_version(version)[:2]
+    cannot = [f"{op} (needs {need[0]}.{need[1]})" for op, need in MIN_VERSION_FOR_OP.items() if have < need]
+    if cannot:
         return Check(
             "onnxruntime",
-            ERROR,
-            f"{version}: older than 1.31, which runs DeformConv on the CPU",
-            "pip install -U 'onnxruntime>=1.31'",
+            OK,
+            f"{version}: runs every graph on the CPU but those with {', '.join(cannot)}",
+            "bundles with those operators run with TensorRT here, or with a newer onnxruntime",
             data={"version": version},
         )
     providers = ", ".join(onnxruntime.get_available_providers())

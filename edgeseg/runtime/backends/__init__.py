@@ -136,7 +136,7 @@ def choose_backend(
 
 def _onnxruntime(why: str) -> BackendChoice:
     if "onnxruntime" not in available_backends():
-        raise MissingDependencyError("no runtime backend is available: pip install 'onnxruntime>=1.31'")
+        raise MissingDependencyError("no runtime backend is available: pip install 'edgeseg[cpu]'")
     log.info("backend: onnxruntime (%s)", why)
     return BackendChoice("onnxruntime", why)
 

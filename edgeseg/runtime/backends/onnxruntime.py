@@ -21,7 +21,7 @@ def _import_ort() -> ModuleType:
         import onnxruntime
     except ImportError as err:
         raise MissingDependencyError(
-            "the onnxruntime backend needs onnxruntime: pip install 'onnxruntime>=1.31'"
+            "the onnxruntime backend needs onnxruntime: pip install 'edgeseg[cpu]'"
         ) from err
     return onnxruntime
 
