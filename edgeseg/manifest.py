@@ -300,11 +300,6 @@ class InputSpec:
         order = ("name", "size", "channels", "color", "layout", "dtype", "mean", "std", "dynamic", "multiple_of")
         return {k: data[k] for k in order}
 
-    @classmethod
-    def from_json(cls, data: Any, *, where: str = f"{MANIFEST_NAME}: input") -> InputSpec:
-        spec_: InputSpec = decode(cls, data, where)
-        return spec_
-
 
 @dataclass(frozen=True)
 class FileRecord:
