@@ -369,7 +369,9 @@ def choose_engine(
     else:
         found = f"{where} has no {target}"
     if not device.trt_version:
-        raise EngineMismatchError(f"{found}; TensorRT is not installed here to build one ({TRT_HINT})")
+        raise EngineMismatchError(
+            f"{found}; TensorRT is not installed here to build one ({TRT_HINT})"
+        )
     plan = f"building one from {manifest.graphs.get(precision)} with TensorRT {device.trt_version}"
     return EngineChoice("build", closest, device, precision, dla_core, found, plan)
 
@@ -416,7 +418,9 @@ def resolve_engine(
     built = choice.action == "build"
     if built:
         if builder is None:
-            raise EngineMismatchError(f"{choice.found}; engine building is off (engine_builder=None)")
+            raise EngineMismatchError(
+                f"{choice.found}; engine building is off (engine_builder=None)"
+            )
         if not bundle_writable(bundle):
             raise BackendError(
                 f"{choice.found}, but {bundle.path} cannot be written to add one; build it where the "

@@ -115,7 +115,9 @@ def decode(cls: type[Any], data: Any, where: str) -> Any:
     known = {_json_key(f) for f in fields} | set(getattr(cls, "_DERIVED_KEYS", ()))
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise _fail(where, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise _fail(
+            where, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     values: dict[str, Any] = {}
     for f in fields:
         key = _json_key(f)
@@ -137,7 +139,9 @@ def decode(cls: type[Any], data: Any, where: str) -> Any:
     derived = getattr(record, "_derived_json", None)
     for key, value in (derived() if derived is not None else {}).items():
         if key in data and data[key] != value:  # e.g. input.color, which channels decides
-            raise _bad(_join(where, key), f"{_show(data[key])} does not match: expected {_show(value)}")
+            raise _bad(
+                _join(where, key), f"{_show(data[key])} does not match: expected {_show(value)}"
+            )
     return record
 
 
@@ -172,7 +176,9 @@ def _value(tp: Any, value: Any, where: str) -> Any:
             return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise _bad(where, f"must be a list of {len(args)}, got {_show(value)}")
-        return tuple(_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        return tuple(
+            _value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, Mapping):
             raise _bad(where, f"must be a JSON object, got {_show(value)}")
@@ -206,8 +212,10 @@ def _check_range(f: dataclasses.Field[Any], value: Any, where: str) -> None:
         return
     for at, item in _leaves(value, where):
         if isinstance(item, (int, float)) and not isinstance(item, bool):
-            if isinstance(item, float) and not math.isfinite(item) and any(
-                meta.get(k) is not None for k in ("ge", "gt", "le")
+            if (
+                isinstance(item, float)
+                and not math.isfinite(item)
+                and any(meta.get(k) is not None for k in ("ge", "gt", "le"))
             ):
                 raise _bad(at, f"must be a finite number, got {item!r}")
             if meta.get("ge") is not None and item < meta["ge"]:
@@ -216,10 +224,16 @@ def _check_range(f: dataclasses.Field[Any], value: Any, where: str) -> None:
                 raise _bad(at, f"must be > {meta['gt']}, got {item!r}")
             if meta.get("le") is not None and item > meta["le"]:
                 raise _bad(at, f"must be <= {meta['le']}, got {item!r}")
-        if isinstance(item, str) and meta.get("pattern") and not re.fullmatch(meta["pattern"], item):
+        if (
+            isinstance(item, str)
+            and meta.get("pattern")
+            and not re.fullmatch(meta["pattern"], item)
+        ):
             raise _bad(at, f"{item!r} is not of the form {meta['pattern']}")
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise _bad(where, f"must be one of {', '.join(map(str, meta['choices']))}, got {_show(value)}")
+        raise _bad(
+            where, f"must be one of {', '.join(map(str, meta['choices']))}, got {_show(value)}"
+        )
 
 
 def _leaves(value: Any, where: str) -> list[tuple[str, Any]]:
@@ -297,7 +311,18 @@ class InputSpec:
 
     def to_json(self) -> dict[str, Any]:
         data = encode(self)
-        order = ("name", "size", "channels", "color", "layout", "dtype", "mean", "std", "dynamic", "multiple_of")
+        order = (
+            "name",
+            "size",
+            "channels",
+            "color",
+            "layout",
+            "dtype",
+            "mean",
+            "std",
+            "dynamic",
+            "multiple_of",
+        )
         return {k: data[k] for k in order}
 
 
@@ -412,8 +437,12 @@ class CRFParams:
         for dy, dx in self.offsets():
             dist2 = (dy * dy + dx * dx) * d * d
             centre = dy == 0 and dx == 0
-            spatial.append(0.0 if centre else self.w_bilateral * np.exp(-dist2 / (2 * self.theta_alpha**2)))
-            gauss.append(0.0 if centre else self.w_gaussian * np.exp(-dist2 / (2 * self.theta_gamma**2)))
+            spatial.append(
+                0.0 if centre else self.w_bilateral * np.exp(-dist2 / (2 * self.theta_alpha**2))
+            )
+            gauss.append(
+                0.0 if centre else self.w_gaussian * np.exp(-dist2 / (2 * self.theta_gamma**2))
+            )
         return np.asarray(spatial, np.float32), np.asarray(gauss, np.float32)
 
     def to_json(self) -> dict[str, float | int]:
@@ -645,7 +674,13 @@ class EngineRecord:
 
 
 def _plain_name(name: str) -> bool:
-    return not (Path(name).is_absolute() or ".." in Path(name).parts or "/" in name or "\\" in name or name in ("", ".", MANIFEST_NAME))
+    return not (
+        Path(name).is_absolute()
+        or ".." in Path(name).parts
+        or "/" in name
+        or "\\" in name
+        or name in ("", ".", MANIFEST_NAME)
+    )
 
 
 @dataclass(frozen=True)
@@ -699,9 +734,24 @@ class Manifest:
         data["input"] = self.input.to_json()
         data["parity"] = encode(self.parity) if self.parity is not None else {}
         data["crf"] = encode(self.crf) if self.crf is not None else None
-        order = ("schema_version", "model", "classes", "palette", "input", "precision", "opset",
-                 "outputs", "graphs", "files", "versions", "parity", "crf", "precisions", "engines",
-                 "op_types")
+        order = (
+            "schema_version",
+            "model",
+            "classes",
+            "palette",
+            "input",
+            "precision",
+            "opset",
+            "outputs",
+            "graphs",
+            "files",
+            "versions",
+            "parity",
+            "crf",
+            "precisions",
+            "engines",
+            "op_types",
+        )
         return {k: data.get(k) for k in order}
 
     @classmethod
@@ -725,8 +775,18 @@ class Manifest:
                 f"{where}: schema_version {version} is newer than this edgeseg reads "
                 f"({SCHEMA_VERSION}); upgrade edgeseg"
             )
-        required = ("schema_version", "model", "classes", "palette", "input", "precision", "opset",
-                    "files", "versions", "parity")
+        required = (
+            "schema_version",
+            "model",
+            "classes",
+            "palette",
+            "input",
+            "precision",
+            "opset",
+            "files",
+            "versions",
+            "parity",
+        )
         missing = [k for k in required if k not in data]
         if missing:
             raise BundleError(f"{where}: missing keys {', '.join(missing)}")
@@ -749,7 +809,9 @@ class Manifest:
         if not self.classes:
             raise BundleError(f"{where}: 'classes' is empty")
         if len(self.classes) > 256:
-            raise BundleError(f"{where}: {len(self.classes)} classes do not fit a uint8 mask (at most 256)")
+            raise BundleError(
+                f"{where}: {len(self.classes)} classes do not fit a uint8 mask (at most 256)"
+            )
         if len(self.palette) != len(self.classes):
             raise BundleError(
                 f"{where}: palette has {len(self.palette)} colours for {len(self.classes)} classes"
@@ -761,12 +823,18 @@ class Manifest:
             raise BundleError(f"{where}: no graph for the bundle's precision {self.precision!r}")
         for precision, name in self.graphs.items():
             if precision not in PRECISIONS:
-                raise BundleError(f"{where}: graph precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+                raise BundleError(
+                    f"{where}: graph precision {precision!r} is not one of {', '.join(PRECISIONS)}"
+                )
             if name not in self.files:
-                raise BundleError(f"{where}: graph {name!r} ({precision}) is not listed under 'files'")
+                raise BundleError(
+                    f"{where}: graph {name!r} ({precision}) is not listed under 'files'"
+                )
         for precision, record in self.precisions.items():
             if precision not in self.graphs:
-                raise BundleError(f"{where}: 'precisions' describes {precision!r}, which has no graph")
+                raise BundleError(
+                    f"{where}: 'precisions' describes {precision!r}, which has no graph"
+                )
             if record.graph != self.graphs[precision]:
                 raise BundleError(
                     f"{where}: precisions.{precision}.graph {record.graph!r} is not the "
@@ -774,15 +842,21 @@ class Manifest:
                 )
         for graph in self.op_types:
             if graph not in self.files:
-                raise BundleError(f"{where}: op_types describes {graph!r}, which is not listed under 'files'")
+                raise BundleError(
+                    f"{where}: op_types describes {graph!r}, which is not listed under 'files'"
+                )
         seen: set[str] = set()
         for i, engine in enumerate(self.engines):
             at = f"{where}: engines[{i}]"
             if engine.file in seen:
-                raise BundleError(f"{where}: engine {engine.file!r} is listed twice under 'engines'")
+                raise BundleError(
+                    f"{where}: engine {engine.file!r} is listed twice under 'engines'"
+                )
             seen.add(engine.file)
             named: list[tuple[str, str | None]] = [
-                ("file", engine.file), ("inspector", engine.inspector), ("graph", engine.graph),
+                ("file", engine.file),
+                ("inspector", engine.inspector),
+                ("graph", engine.graph),
                 *(("plugins", p) for p in engine.plugins),
             ]
             for label, listed in named:
@@ -796,7 +870,9 @@ class Manifest:
             )
         if self.crf is not None and self.crf.mode == "separate":
             if self.crf.graph not in self.files:
-                raise BundleError(f"{where}: crf graph {self.crf.graph!r} is not listed under 'files'")
+                raise BundleError(
+                    f"{where}: crf graph {self.crf.graph!r} is not listed under 'files'"
+                )
             if "logits" not in self.outputs:
                 raise BundleError(f"{where}: a separate crf needs the model's 'logits' output")
 

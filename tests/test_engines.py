@@ -208,7 +208,9 @@ def test_dla_engines_are_chosen_only_for_their_core() -> None:
 # -- engine records in bundles --------------------------------------------------------------------
 
 
-def _engine_bundle(tmp_path: Path, name: str, *records: EngineRecord, files: dict[str, bytes]) -> Bundle:
+def _engine_bundle(
+    tmp_path: Path, name: str, *records: EngineRecord, files: dict[str, bytes]
+) -> Bundle:
     base = Manifest.create(
         model={"name": "toy", "source": "module"},
         classes=("a",),
@@ -242,20 +244,30 @@ def test_engine_records_round_trip_and_validation(tmp_path: Path) -> None:
     loaded = Bundle.load(written.path)
     assert loaded.manifest.engines == (record,)
     assert choose_engine(loaded.manifest, ORIN, "fp32").action == "use"
-    with pytest.raises(BundleError, match=r"engines\[0\].file 'engine-orin.*fp32.plan' is not listed"):
+    with pytest.raises(
+        BundleError, match=r"engines\[0\].file 'engine-orin.*fp32.plan' is not listed"
+    ):
         _engine_bundle(tmp_path, "f", record, files={"model.onnx": graph})
-    with pytest.raises(BundleError, match=r"engines\[0\].inspector 'engine-orin.*fp32.json' is not listed"):
+    with pytest.raises(
+        BundleError, match=r"engines\[0\].inspector 'engine-orin.*fp32.json' is not listed"
+    ):
         _engine_bundle(tmp_path, "g", record, files={"model.onnx": graph, record.file: b"plan"})
     with pytest.raises(BundleError, match="listed twice"):
         _engine_bundle(tmp_path, "h", record, record, files=files)
     data = loaded.manifest.to_json()
     for edit, message in [
-        ({"precision": "fp64"}, r"engines\[0\].precision must be one of fp32, fp16, int8, got 'fp64'"),
+        (
+            {"precision": "fp64"},
+            r"engines\[0\].precision must be one of fp32, fp16, int8, got 'fp64'",
+        ),
         ({"opt_level": 9}, r"engines\[0\].opt_level must be <= 5, got 9"),
         ({"dla_core": -1}, r"engines\[0\].dla_core must be >= 0, got -1"),
         ({"sm": "87"}, r"engines\[0\].sm '87' is not of the form"),
         ({"file": "../x.plan"}, r"engines\[0\].file '../x.plan' is not of the form"),
-        ({"profile": {"min": [16, 16], "opt": [8, 8], "max": [8, 8]}}, "must keep min <= opt <= max"),
+        (
+            {"profile": {"min": [16, 16], "opt": [8, 8], "max": [8, 8]}},
+            "must keep min <= opt <= max",
+        ),
         ({"gpu_name_typo": "Orin"}, r"engines\[0\]: unknown key\(s\) gpu_name_typo"),
     ]:
         bad = {**data, "engines": [{**data["engines"][0], **edit}]}
@@ -273,9 +285,14 @@ def test_resolve_engine_uses_or_builds_through_the_injected_builder(tmp_path: Pa
 
     graph = b"g"
     record = EngineRecord(
-        file="engine-orin-sm87-trt10.3.0-fp32.plan", gpu="orin", sm="sm87",
-        trt_version="10.3.0.30", precision="fp32", graph="model.onnx",
-        graph_sha256=hashlib.sha256(graph).hexdigest(), profile=ProfileRecord((8, 8), (8, 8), (8, 8)),
+        file="engine-orin-sm87-trt10.3.0-fp32.plan",
+        gpu="orin",
+        sm="sm87",
+        trt_version="10.3.0.30",
+        precision="fp32",
+        graph="model.onnx",
+        graph_sha256=hashlib.sha256(graph).hexdigest(),
+        profile=ProfileRecord((8, 8), (8, 8), (8, 8)),
     )
     empty = _engine_bundle(tmp_path, "empty", files={"model.onnx": graph})
     choice = choose_engine(empty.manifest, ORIN, "fp32")
@@ -370,9 +387,7 @@ def test_engine_builder_none_refuses_a_missing_engine(
 ) -> None:
     monkeypatch.setattr(backends, "tensorrt_available", lambda: True)
     monkeypatch.setattr(backends, "probe_device", lambda *a, **k: ORIN)
-    monkeypatch.setattr(
-        "edgeseg.runtime.backends.tensorrt_lib.require_tensorrt", lambda: None
-    )
+    monkeypatch.setattr("edgeseg.runtime.backends.tensorrt_lib.require_tensorrt", lambda: None)
     with pytest.raises(EngineMismatchError, match="has no fp32 engine; engine building is off"):
         edgeseg.Segmenter(tiny_bundle, backend="tensorrt", engine_builder=None)
     with pytest.raises(ConfigError, match="engine_builder must be 'default', None or a callable"):
@@ -399,9 +414,13 @@ def test_an_operator_the_installed_onnxruntime_cannot_run_is_named_with_the_way_
     loaded = Bundle.load(tiny_bundle)
     files = {n: tiny_bundle / n for n in loaded.manifest.files}
     recorded = dataclasses.replace(loaded.manifest, op_types={"model.onnx": ("Cast", "DeformConv")})
-    bundle = write_bundle(tmp_path / "dcn", recorded, files)  # as a deformable model's bundle records
+    bundle = write_bundle(
+        tmp_path / "dcn", recorded, files
+    )  # as a deformable model's bundle records
     monkeypatch.setattr(backends, "tensorrt_available", lambda: False)
-    with pytest.raises(BackendError, match="uses DeformConv, which onnxruntime runs on the CPU only from 1.31"):
+    with pytest.raises(
+        BackendError, match="uses DeformConv, which onnxruntime runs on the CPU only from 1.31"
+    ):
         edgeseg.Segmenter(bundle.path)
     monkeypatch.setattr(onnxruntime, "__version__", "1.31.0")
     with edgeseg.Segmenter(bundle.path) as seg:

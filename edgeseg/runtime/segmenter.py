@@ -159,8 +159,11 @@ class Segmenter:
         self._backend: Backend | None = None
         try:
             self._backend, self.bundle = open_backend(
-                choice, self.bundle, self.precision,
-                engine_builder=_engine_builder(engine_builder), allow_plugins=allow_plugins,
+                choice,
+                self.bundle,
+                self.precision,
+                engine_builder=_engine_builder(engine_builder),
+                allow_plugins=allow_plugins,
                 **backend_options,
             )
         except BackendError as err:
@@ -272,7 +275,9 @@ class Segmenter:
         values = backend.infer({"image": image}, model_out)
         t1 = time.perf_counter()
         crf_out = ["mask"] + (["probs"] if "probs" in wanted else [])
-        values.update(self._crf_backend.infer({"image": image, "logits": values["logits"]}, crf_out))
+        values.update(
+            self._crf_backend.infer({"image": image, "logits": values["logits"]}, crf_out)
+        )
         if "logits" not in wanted:
             del values["logits"]
         return values, {"infer": (t0, t1), "crf": (t1, time.perf_counter())}
@@ -317,8 +322,16 @@ class Segmenter:
 
         extra = self._extra_outputs(outputs)
         return Stream(
-            self, source, drop=drop, queue_size=queue_size, bgr=bgr, keep_frames=keep_frames,
-            outputs=extra, retries=retries, max_frames=max_frames, nice=nice,
+            self,
+            source,
+            drop=drop,
+            queue_size=queue_size,
+            bgr=bgr,
+            keep_frames=keep_frames,
+            outputs=extra,
+            retries=retries,
+            max_frames=max_frames,
+            nice=nice,
         )
 
     def profile(self) -> ProfileSummary:

@@ -89,7 +89,10 @@ def test_dynamic_profile_defaults_and_overrides() -> None:
         (1, 128, 192, 3),
     )
     assert encode(profile_shapes(spec)) == {
-        "min": [32, 48], "opt": [64, 96], "max": [128, 192], "input": "image"
+        "min": [32, 48],
+        "opt": [64, 96],
+        "max": [128, 192],
+        "input": "image",
     }
 
 
@@ -130,10 +133,18 @@ def test_engine_config_from_mapping_and_record() -> None:
     config = EngineConfig.from_mapping({"workspace_mb": 512, "min_shape": [32, 32]})
     assert config.min_shape == (32, 32) and config.workspace_mb == 512
     record = EngineRecord(
-        file="engine-orin-sm87-trt10.3.0-fp32.plan", gpu="orin", sm="sm87",
-        trt_version="10.3.0.30", precision="fp32", graph="model.onnx", graph_sha256="aa" * 32,
+        file="engine-orin-sm87-trt10.3.0-fp32.plan",
+        gpu="orin",
+        sm="sm87",
+        trt_version="10.3.0.30",
+        precision="fp32",
+        graph="model.onnx",
+        graph_sha256="aa" * 32,
         profile=ProfileShapes((32, 48), (64, 96), (128, 192)),
-        workspace_mb=256, opt_level=4, dla_core=None, deform_conv="plugin",
+        workspace_mb=256,
+        opt_level=4,
+        dla_core=None,
+        deform_conv="plugin",
     )
     again = EngineConfig.from_record(record)
     assert (again.min_shape, again.opt_shape, again.max_shape) == ((32, 48), (64, 96), (128, 192))
@@ -229,17 +240,21 @@ def _deform_graph(path: Path, op: str, domain: str = "") -> None:
     onnx.save(helper.make_model(graph, opset_imports=imports), str(path))
 
 
-def test_graph_op_types_recorded_or_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_graph_op_types_recorded_or_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     native, plugin = tmp_path / "native.onnx", tmp_path / "plugin.onnx"
     _deform_graph(native, "DeformConv")
     _deform_graph(plugin, "EdgesegDeformConv", domain="edgeseg")
     manifest = Manifest.create(
-        model={"name": "dcn", "source": "module"}, classes=("a",), palette=((0, 0, 0),),
-        input=InputSpec(size=(8, 8)), precision="fp32", opset=19,
+        model={"name": "dcn", "source": "module"},
+        classes=("a",),
+        palette=((0, 0, 0),),
+        input=InputSpec(size=(8, 8)),
+        precision="fp32",
+        opset=19,
         graphs={"fp32": "model.onnx", "fp16": "model.fp16.onnx"},
-        op_types={"model.onnx": ["DeformConv"]},  # schema 2 records them; fp16's left out on purpose
+        op_types={
+            "model.onnx": ["DeformConv"]
+        },  # schema 2 records them; fp16's left out on purpose
     )
     files = {"model.onnx": native.read_bytes(), "model.fp16.onnx": plugin.read_bytes()}
     bundle = write_bundle(tmp_path / "dcn", manifest, files)
@@ -1055,6 +1070,8 @@ def test_edgesegs_plugin_library_is_registered_once_per_process(
         (folder / "libedgeseg_plugins.so").write_bytes(b"\x7fELF stand-in")
     logger = make_logger()
     load_plugin_libraries(logger, [built / "libedgeseg_plugins.so"])
-    load_plugin_libraries(logger, [copied / "libedgeseg_plugins.so", built / "libedgeseg_plugins.so"])
+    load_plugin_libraries(
+        logger, [copied / "libedgeseg_plugins.so", built / "libedgeseg_plugins.so"]
+    )
     loads = [c for c in stand_ins.trt.calls if c[0] == "load_library"]
     assert loads == [("load_library", str((built / "libedgeseg_plugins.so").resolve()))]

@@ -64,7 +64,6 @@ _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
-
 @dataclass
 class _Tensor:
     """One I/O tensor of the engine and the buffers bound to it."""
@@ -288,7 +287,10 @@ class TensorRTBackend(Backend):
     def tensors(self) -> dict[str, TensorInfo]:
         return {
             t.name: TensorInfo(
-                t.name, t.dtype.name, tuple(d if d >= 0 else None for d in t.engine_shape), t.is_input
+                t.name,
+                t.dtype.name,
+                tuple(d if d >= 0 else None for d in t.engine_shape),
+                t.is_input,
             )
             for t in self._tensors.values()
         }
