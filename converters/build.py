@@ -8,7 +8,8 @@
 3. :func:`check_step`: parity with PyTorch in ONNX Runtime (a ParityError below the target);
 4. :func:`precision_step`: the FP16 or INT8 graph, judged against the FP32 graph;
 5. :func:`crf_step`: the dense CRF graph, checked against its NumPy reference;
-6. :func:`write_step`: the graphs and the manifest, written atomically;
+6. :func:`write_step`: the graphs, each held to TensorRT's acceptance offline
+   (:func:`acceptance_step`), and the manifest, written atomically;
 7. :func:`engine_step`: a TensorRT engine, where the target asks for one.
 """
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 import edgeseg
+from converters.acceptance import VERSIONS, GraphReport, check_versions, resolve_version
 from converters.crf import CRFParams, crf_graph, crf_reference
 from converters.export import (
     GRAPH_OUTPUTS,
@@ -50,7 +52,7 @@ from converters.options import (
 from converters.passes import select_outputs, with_metadata
 from converters.precision import GRAPH_FILES, EvalSet, Lowered, load_eval_set, lower_precision
 from converters.samples import load_samples, synthetic_images
-from converters.tensorrt import engine_for_build, op_types_of
+from converters.tensorrt import engine_for_build, op_types_of, resolve_target, tensorrt_version
 from edgeseg.bundle import (
     Bundle,
     InputSpec,
@@ -61,7 +63,7 @@ from edgeseg.bundle import (
     sha256_file,
     write_bundle,
 )
-from edgeseg.errors import BundleExistsError, ConfigError, ParityError
+from edgeseg.errors import BundleExistsError, ConfigError, ExportError, ParityError
 from edgeseg.parity import Accumulator
 from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -265,7 +267,8 @@ def precision_step(
     else:
         eval_set = None  # held out from the calibration set
     lowered = lower_precision(
-        exported.graph, exported.input, precision, eval_set=eval_set, options=options.quant,
+        exported.graph, exported.input, precision, eval_set=eval_set,
+        options=options.quant.for_target(options.target),
         min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop, say=say,
     )
     say(f"checking the {precision} graph against PyTorch")
@@ -319,6 +322,7 @@ def write_step(
     files: dict[str, bytes] = {name: graph.SerializeToString() for name, graph in final.items()}
     if lowered is not None:
         files.update(lowered.extra_files)
+    acceptance_step(final, lowered, options, say)
     op_types = {name: sorted(op_types_of(graph)) for name, graph in final.items()}
     manifest = build_manifest(resolved, exported, checked, lowered, crf, options, wanted, op_types)
     return write_bundle(destination, manifest, files, overwrite=options.overwrite)
@@ -368,6 +372,70 @@ def build_manifest(
         precisions=precisions,
         op_types=op_types,
     )
+
+
+def acceptance_step(
+    final: Mapping[str, onnx.ModelProto], lowered: Lowered | None, options: BuildOptions, say: Say
+) -> dict[str, dict[str, GraphReport]]:
+    """Part of step 6: every graph about to be written, held to TensorRT's acceptance
+    (:mod:`converters.acceptance`) for each version edgeseg has a table for.
+
+    When this build makes an engine (``target="tensorrt"``, or ``auto`` with
+    TensorRT here), a graph the installed TensorRT would refuse fails the build
+    before anything is written. Otherwise a refusal is a warning that names the
+    graphs, the versions and the first nodes: the bundle still runs on ONNX
+    Runtime, and ``edgeseg check`` lists every node.
+
+    Returns:
+        graph file -> version -> report.
+
+    Raises:
+        ExportError: a graph the TensorRT that will build the engine refuses.
+    """
+    reports = {name: check_versions(graph, VERSIONS, label=name) for name, graph in final.items()}
+    placement = (
+        lowered.info.get("quantization", {}).get("placement") if lowered is not None else None
+    )
+    hint = (
+        "; the INT8 graph has ONNX Runtime's Q/DQ placement (uint8 activations), which TensorRT refuses: "
+        "build with --placement tensorrt (placement='tensorrt') for a TensorRT target"
+        if placement == "cpu"
+        else ""
+    )
+    enforced = None
+    if options.target != "cpu" and resolve_target(options.target)[0] == "tensorrt":
+        installed = tensorrt_version()
+        enforced = resolve_version(installed) if installed is not None else None
+    refused = {
+        name: [key for key, report in by_version.items() if not report.ok]
+        for name, by_version in reports.items()
+    }
+    if enforced is not None:
+        blocked = [
+            (name, by_version[enforced])
+            for name, by_version in reports.items()
+            if not by_version[enforced].ok
+        ]
+        if blocked:
+            lines = [
+                f"{name}: {len(report.refused)} node(s) {VERSIONS[enforced]} would refuse, e.g. {report.refused[0]}"
+                for name, report in blocked
+            ]
+            raise ExportError("TensorRT would refuse the graphs: " + "; ".join(lines) + hint)
+    for name, keys in refused.items():
+        if keys:
+            first = reports[name][keys[0]].refused[0]
+            warnings.warn(
+                f"{name} would be refused by TensorRT {', '.join(keys)} "
+                f"({len(reports[name][keys[0]].refused)} node(s), e.g. {first}); it runs on ONNX Runtime, and "
+                f"`edgeseg check BUNDLE` lists every node{hint}",
+                UserWarning,
+                stacklevel=4,
+            )
+    accepted = [name for name, keys in refused.items() if not keys]
+    if accepted:
+        say(f"TensorRT {', '.join(VERSIONS)} would take {', '.join(accepted)} (checked offline)")
+    return reports
 
 
 def engine_step(bundle: Bundle, options: BuildOptions, say: Say) -> Bundle:

@@ -220,7 +220,11 @@ class QuantOptions(_Group):
         seed: seed of the deterministic pick of calibration frames (``calib_seed`` of ``build``).
         method: calibration method: ``minmax``, ``percentile`` or ``entropy``.
         placement: where Q/DQ goes: ``cpu`` (what ONNX Runtime fuses into integer
-            kernels) or ``tensorrt`` (TensorRT's explicit-quantization rules).
+            kernels: uint8 activations, which TensorRT refuses) or ``tensorrt``
+            (TensorRT's explicit-quantization rules). None: ``tensorrt`` when the
+            graph is for a TensorRT engine (``build`` with ``target="tensorrt"``, or
+            ``auto`` where TensorRT and a GPU are; ``calibrate`` where they are),
+            else ``cpu`` (:meth:`for_target`).
         mixed_precision: keep the most sensitive layers in float until the target holds.
         trt_cache_version: TensorRT version written in the header of the legacy
             calibration cache (``calibration.cache``).
@@ -230,7 +234,7 @@ class QuantOptions(_Group):
     calib_size: int = DEFAULT_CALIB_SIZE
     seed: int = field(default=0, metadata={FLAT: "calib_seed"})
     method: str = DEFAULT_METHOD
-    placement: str = DEFAULT_PLACEMENT
+    placement: str | None = None
     mixed_precision: bool = True
     trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION
 
@@ -241,7 +245,7 @@ class QuantOptions(_Group):
             raise ConfigError(f"calib_seed must be an integer, got {self.seed!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.placement not in PLACEMENTS:
+        if self.placement is not None and self.placement not in PLACEMENTS:
             raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if not isinstance(self.mixed_precision, bool):
             raise ConfigError(f"mixed_precision must be True or False, got {self.mixed_precision!r}")
@@ -249,6 +253,17 @@ class QuantOptions(_Group):
             raise ConfigError(
                 f"trt_cache_version must be a TensorRT version such as '10.3.0', got {self.trt_cache_version!r}"
             )
+
+    def for_target(self, target: str) -> QuantOptions:
+        """These options with the placement settled for a build target (``cpu``, ``tensorrt``,
+        ``auto``): a given placement stays; None becomes ``tensorrt`` when the target resolves
+        to TensorRT here (:func:`converters.tensorrt.resolve_target`), else ``cpu``."""
+        if self.placement is not None:
+            return self
+        from converters.tensorrt import resolve_target
+
+        engine = target != "cpu" and resolve_target(target)[0] == "tensorrt"
+        return replace(self, placement="tensorrt" if engine else DEFAULT_PLACEMENT)
 
     def require_calib(self) -> str | os.PathLike[str]:
         """The calibration set, which INT8 needs.

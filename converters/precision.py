@@ -157,7 +157,7 @@ def lower_precision(
         raise ConfigError("max_miou_drop needs labelled evaluation images: samples=DIR and labels=DIR")
     if precision == "fp16":
         return _fp16(graph, eval_set, target, tell)
-    opts = options or QuantOptions()
+    opts = (options or QuantOptions()).for_target("auto")  # a placement not given follows this machine
     opts.require_calib()
     return _int8(graph, spec, eval_set, opts, target, tell)
 
@@ -189,6 +189,8 @@ def _int8(
     from calibration.tensorrt_cache import cache_from_ranges
 
     source = opts.require_calib()
+    placement = opts.placement
+    assert placement is not None, "lower_precision settles the placement (QuantOptions.for_target)"
     held_out = eval_set is None
     extra = DEFAULT_EVAL_IMAGES if held_out else 0
     tell(f"reading the calibration set {source}")
@@ -216,10 +218,10 @@ def _int8(
     stats = collect_statistics(graph, images, method=opts.method, progress=_every("calibrated", tell))
     evaluator = _evaluator(graph, eval_set)
     if opts.mixed_precision:
-        result = search_float_layers(graph, stats, evaluator, target, placement=opts.placement, say=tell)
+        result = search_float_layers(graph, stats, evaluator, target, placement=placement, say=tell)
         model, figures, mixed = result.model, result.figures, result
     else:
-        model = quantize(graph, stats, placement=opts.placement)
+        model = quantize(graph, stats, placement=placement)
         figures, mixed = evaluator.evaluate(model), None
     _enforce("int8", figures, target, eval_set, mixed)
 

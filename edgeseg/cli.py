@@ -288,7 +288,8 @@ _int8_options = _option_group(
     click.option("--method", type=click.Choice(METHODS), default=None,
                  help=f"Calibration method [{_QUANT.method}]."),
     click.option("--placement", type=click.Choice(PLACEMENTS), default=None,
-                 help=f"Q/DQ placement: what ONNX Runtime fuses on a CPU, or TensorRT's rules [{_QUANT.placement}]."),
+                 help="Q/DQ placement: what ONNX Runtime fuses on a CPU (uint8, which TensorRT refuses), or "
+                 "TensorRT's rules [tensorrt when the graph is for a TensorRT engine here, else cpu]."),
     click.option("--mixed-precision/--no-mixed-precision", default=None,
                  help=f"Keep the most sensitive layers in float until the target holds [{_on(_QUANT.mixed_precision)}]."),
     click.option("--trt-cache-version", default=None,
@@ -699,6 +700,48 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
             f"{parity.samples} {parity.sample_source} images, {parity.backend}"
         )
     click.echo("\n".join(lines))
+
+
+@cli.command("check")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--tensorrt",
+    "versions",
+    multiple=True,
+    default=("10.3", "11"),
+    show_default=True,
+    help="TensorRT version to hold the graphs to: 10.3 (JetPack 6), 10.13 (JetPack 7), 11, or a full "
+    "version such as 10.3.0 (the newest table at or below it); repeat for several.",
+)
+@click.option(
+    "--dla", is_flag=True, help="Also apply Orin's DLA layer rules to the graphs built for DLA."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON (every finding).")
+def check_cmd(bundle: Path, versions: tuple[str, ...], dla: bool, as_json: bool) -> None:
+    """Would TensorRT take this bundle? Offline: no TensorRT, no GPU.
+
+    Every graph TensorRT would build (each precision's, and a separate CRF's) is
+    held to what that TensorRT's ONNX parser imports (operator, data types,
+    attributes), its uint8 and explicit-quantization rules, and with --dla the
+    DLA layer rules; every node it would refuse is named, with the reason.
+    Exits 1 when any graph would be refused.
+    """
+    try:
+        from converters import acceptance
+    except ModuleNotFoundError as err:
+        raise MissingDependencyError(
+            f"edgeseg check reads graphs with onnx ({err.name} is missing): pip install 'edgeseg[build]'"
+        ) from err
+    keys = [
+        acceptance.resolve_version(v) for v in versions
+    ]  # a bad version fails before any reading
+    reports = [acceptance.check_bundle(bundle, key, dla=dla) for key in dict.fromkeys(keys)]
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        click.echo("\n\n".join(r.format() for r in reports))
+    if not all(r.ok for r in reports):
+        sys.exit(1)
 
 
 @cli.command("run")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import edgeseg
+from converters.acceptance import VERSIONS, check_bundle
 from edgeseg import models as zoo
 
 SMALL = {"width": 0.25, "aspp_channels": 32}
@@ -119,6 +120,9 @@ def test_export_matches_pytorch(
     ops = {n.op_type for n in onnx.load(bundle.graph()).graph.node}
     if options.get("deformable"):
         assert "DeformConv" in ops
+    for version in VERSIONS:  # TensorRT's parser would take it (offline check)
+        report = check_bundle(bundle, version)
+        assert report.ok, report.format()
     # and through the runtime, on a frame of another size
     frame = np.random.default_rng(1).integers(0, 256, (size[0] + 7, size[1] - 5, 3), dtype=np.uint8)
     with edgeseg.Segmenter(bundle.path, outputs=["logits"]) as seg:
@@ -204,6 +208,11 @@ def test_dynamic_export_runs_at_other_sizes(
         num_samples=2,
     )
     assert bundle.manifest.input.dynamic
+    for version in VERSIONS:
+        report = check_bundle(bundle, version)
+        assert report.ok, report.format()
+    graph = onnx.load(str(bundle.graph()))
+    assert [n.op_type for n in graph.graph.node if "image" in n.input] == ["Cast"]  # only a Cast
     from converters.export import DeployWrapper, ExportSpec
 
     wrapper = DeployWrapper(model, ExportSpec(input_size=(64, 64)))
