@@ -7,10 +7,13 @@ the CPU and imports neither TensorRT nor pycuda:
 - :class:`DeviceInfo` and :func:`probe_device`: the GPU this process would
   run on, read through the CUDA driver library with ``ctypes`` (no CUDA
   context is created);
-- :func:`engine_file_name`: ``engine-<gpu>-<sm>-trt<version>-<precision>.plan``;
+- :func:`engine_file_name`: ``engine-<gpu>-<sm>-trt<version>-<precision>.plan``
+  (``...-<precision>-crf.plan`` for a separate CRF graph's engine);
 - :func:`choose_engine`: use one of the bundle's engines, or build one
   (:class:`EngineChoice`), or refuse (:class:`EngineMismatchError`, naming both
   devices and TensorRT versions). ``Segmenter`` decides once per instance;
+  :func:`choose_engines` decides the model's engine and, for a bundle whose
+  CRF is a separate graph, the CRF's engine, for one device and TensorRT;
 - :class:`EngineBuilder`: the one build step the runtime may need (an engine
   missing for this device). The runtime never imports the builder: it is
   handed one, as Polygraphy's runners take an engine or a callable that makes
@@ -38,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 PLUGIN_OP = "EdgesegDeformConv"  # == the name the plugin's creator registers (a test checks)
 PLUGIN_LIBRARY = "libedgeseg_plugins.so"
 MIN_TRT_VERSION = (10, 3)
+# the precision of a separate CRF graph (crf.onnx is written in FP32 only): its engine is an FP32
+# engine on the GPU, whichever precision (and DLA core) the model's engine runs at
+CRF_PRECISION = "fp32"
 
 TRT_HINT = (
     "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer; in a venv use "
@@ -126,11 +132,14 @@ def parse_version(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def engine_file_name(device: DeviceInfo, precision: str, dla_core: int | None = None) -> str:
-    """``engine-<gpu>-<sm>-trt<major.minor.patch>-<precision>[-dla<N>].plan``.
+def engine_file_name(
+    device: DeviceInfo, precision: str, dla_core: int | None = None, *, stage: str = "model"
+) -> str:
+    """``engine-<gpu>-<sm>-trt<major.minor.patch>-<precision>[-dla<N>][-crf].plan``.
 
     The precision is part of the name because a bundle holds up to three
-    graphs (FP32, FP16, INT8), each of which may get its engine on the same device.
+    graphs (FP32, FP16, INT8), each of which may get its engine on the same
+    device; ``-crf`` names the engine of the separate CRF graph (``stage="crf"``).
 
     Raises:
         ConfigError: the device has no TensorRT version.
@@ -140,6 +149,8 @@ def engine_file_name(device: DeviceInfo, precision: str, dla_core: int | None = 
     name = f"engine-{device.gpu}-{device.sm}-trt{trt_short_version(device.trt_version)}-{precision}"
     if dla_core is not None:
         name += f"-dla{dla_core}"
+    if stage == "crf":
+        name += "-crf"
     return name + ".plan"
 
 
@@ -284,6 +295,8 @@ class EngineChoice:
         dla_core: the DLA core (None: the GPU).
         found: one sentence on what the bundle has for this device.
         plan: for ``build``: how the engine will be built (None for ``use``).
+        stage: ``model`` (the engine of the bundle's graph of ``precision``) or ``crf``
+            (the engine of its separate CRF graph).
     """
 
     action: Literal["use", "build"]
@@ -293,6 +306,7 @@ class EngineChoice:
     dla_core: int | None
     found: str
     plan: str | None = None
+    stage: str = "model"
 
     @property
     def reason(self) -> str:
@@ -324,6 +338,7 @@ def choose_engine(
     *,
     dla_core: int | None = None,
     where: str = "the bundle",
+    stage: str = "model",
 ) -> EngineChoice:
     """Decides whether the bundle's engine for ``precision`` can run on ``device``.
 
@@ -337,9 +352,12 @@ def choose_engine(
     Args:
         manifest: the bundle's manifest (its ``engines``).
         device: where the engine would run.
-        precision: the graph precision wanted (``fp32``, ``fp16``, ``int8``).
-        dla_core: the DLA core wanted, None for the GPU.
+        precision: the graph precision wanted (``fp32``, ``fp16``, ``int8``); for
+            ``stage="crf"`` the CRF graph's, :data:`CRF_PRECISION`.
+        dla_core: the DLA core wanted, None for the GPU (always None for ``crf``).
         where: the bundle, for messages.
+        stage: ``model`` (an engine of the bundle's ``graphs``) or ``crf`` (the
+            engine of its separate CRF graph); only records of that stage are considered.
 
     Returns:
         ``use`` with the matching record, or ``build`` (with the record it replaces, if any).
@@ -347,17 +365,36 @@ def choose_engine(
     Raises:
         EngineMismatchError: nothing usable and no TensorRT here to build with; the
             message names the engine's and this machine's GPU and TensorRT versions.
+        ConfigError: ``stage="crf"`` for a bundle without a separate CRF graph, or with
+            another precision than :data:`CRF_PRECISION` or a DLA core.
     """
-    target = f"{precision} engine" + (f" for DLA core {dla_core}" if dla_core is not None else "")
+    if stage == "crf":
+        crf = manifest.crf
+        if crf is None or crf.mode != "separate" or crf.graph is None:
+            raise ConfigError(f"{where} has no separate CRF graph to build an engine of")
+        if precision != CRF_PRECISION or dla_core is not None:
+            raise ConfigError(
+                f"the CRF graph {crf.graph} is {CRF_PRECISION} and its engine runs on the GPU; "
+                f"asked for a {precision} engine"
+                + (f" on DLA core {dla_core}" if dla_core is not None else "")
+            )
+        target, source = "CRF engine", str(crf.graph)
+    elif stage == "model":
+        target = f"{precision} engine" + (
+            f" for DLA core {dla_core}" if dla_core is not None else ""
+        )
+        source = str(manifest.graphs.get(precision))
+    else:
+        raise ConfigError(f"an engine's stage is model or crf, got {stage!r}")
     closest: EngineRecord | None = None
     closest_problems: list[str] = []
     for record in manifest.engines:
-        if record.precision != precision or record.dla_core != dla_core:
+        if record.stage != stage or record.precision != precision or record.dla_core != dla_core:
             continue
         problems = _mismatch(record, device, manifest)
         if not problems:
             found = f"{record.file} was built for this {device.describe()}"
-            return EngineChoice("use", record, device, precision, dla_core, found)
+            return EngineChoice("use", record, device, precision, dla_core, found, stage=stage)
         if closest is None or len(problems) < len(closest_problems):
             closest, closest_problems = record, problems
     if closest is not None:
@@ -372,8 +409,43 @@ def choose_engine(
         raise EngineMismatchError(
             f"{found}; TensorRT is not installed here to build one ({TRT_HINT})"
         )
-    plan = f"building one from {manifest.graphs.get(precision)} with TensorRT {device.trt_version}"
-    return EngineChoice("build", closest, device, precision, dla_core, found, plan)
+    plan = f"building one from {source} with TensorRT {device.trt_version}"
+    return EngineChoice("build", closest, device, precision, dla_core, found, plan, stage)
+
+
+def choose_engines(
+    manifest: Manifest,
+    device: DeviceInfo,
+    precision: str,
+    *,
+    dla_core: int | None = None,
+    where: str = "the bundle",
+    crf: bool = False,
+) -> tuple[EngineChoice, EngineChoice | None]:
+    """The model's engine and (``crf``) the separate CRF graph's engine, for one device.
+
+    Both choices are made with :func:`choose_engine` for the same
+    :class:`DeviceInfo` (GPU, compute capability, exact TensorRT version), so a
+    model engine is never paired with a CRF engine of another device or
+    TensorRT. The CRF engine is the CRF graph's own (:data:`CRF_PRECISION`, on the
+    GPU): one per device and TensorRT, shared by the model's FP32, FP16 and INT8
+    engines and by a model engine on a DLA core.
+
+    Args:
+        crf: also choose the CRF's engine; ignored (None) when the bundle's CRF is
+            not a separate graph (fused into the model's, or absent).
+
+    Returns:
+        (the model's choice, the CRF's choice or None).
+
+    Raises:
+        EngineMismatchError: either engine is unusable and there is no TensorRT to build it.
+    """
+    model = choose_engine(manifest, device, precision, dla_core=dla_core, where=where)
+    info = manifest.crf
+    if not crf or info is None or info.mode != "separate" or info.graph is None:
+        return model, None
+    return model, choose_engine(manifest, device, CRF_PRECISION, where=where, stage="crf")
 
 
 # -- using or building the chosen engine ----------------------------------------------------------
@@ -383,8 +455,9 @@ class EngineBuilder(Protocol):
     """Builds the engine an :class:`EngineChoice` asks for and writes it into the bundle.
 
     Called with the loaded bundle and the choice (its device, precision, DLA
-    core, and the record it replaces, whose settings a rebuild keeps); returns
-    the rewritten bundle and the new engine's record.
+    core, stage, and the record it replaces, whose settings a rebuild keeps);
+    builds that one engine (the model's, or for ``stage="crf"`` the separate CRF
+    graph's) and returns the rewritten bundle and the new engine's record.
     """
 
     def __call__(self, bundle: Bundle, choice: EngineChoice) -> tuple[Bundle, EngineRecord]: ...
@@ -446,6 +519,7 @@ def resolve_engine(
 
 
 __all__ = [
+    "CRF_PRECISION",
     "CUDA_PYTHON_HINT",
     "MIN_TRT_VERSION",
     "PLUGIN_LIBRARY",
@@ -459,6 +533,7 @@ __all__ = [
     "ResolvedEngine",
     "bundle_writable",
     "choose_engine",
+    "choose_engines",
     "cuda_driver",
     "engine_file_name",
     "inspector_file_name",

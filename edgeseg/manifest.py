@@ -12,7 +12,11 @@ writes a record back; optional fields that are None are left out.
 
 Schema versions: 2 added ``op_types`` (the operator types of each graph,
 recorded at build time so that deploy-time code never parses a graph to find
-them). Version 1 bundles load, with ``op_types`` empty.
+them). Version 1 bundles load, with ``op_types`` empty. An engine record's
+``stage`` (``model`` or ``crf``: which graph the engine runs) came later
+within version 2; it is written only for CRF engines, so a record without it
+is a model engine, and an edgeseg that predates it refuses a CRF engine's
+record by name instead of taking it for a model engine.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUTS = ("mask", "probs", "logits")
 CRF_MODES = ("separate", "fused")
 ENGINE_MODES = ("strongly-typed", "legacy-dla")
+ENGINE_STAGES = ("model", "crf")  # which of a bundle's graphs an engine runs
 DEFORM_MODES = ("native", "plugin")
 QUANT_METHODS = ("minmax", "percentile", "entropy")  # INT8 calibration methods
 QDQ_PLACEMENTS = ("cpu", "tensorrt")  # where INT8 Q/DQ goes: ONNX Runtime's layout, TensorRT's
@@ -56,11 +61,21 @@ def spec(
     pattern: str | None = None,
     key: str | None = None,
     default_factory: Any = MISSING,
+    omit_default: bool = False,
 ) -> Any:
     """A record field with its range: ``ge``/``gt``/``le`` bounds (numbers, and each item
     of a tuple of numbers), ``choices``, a regex ``pattern`` (str), the JSON ``key``
-    when it differs from the field's name."""
-    metadata = {"ge": ge, "gt": gt, "le": le, "choices": choices, "pattern": pattern, "key": key}
+    when it differs from the field's name; ``omit_default``: :func:`encode` leaves the
+    field out while it has its default (a key added to a record without a schema bump)."""
+    metadata = {
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "choices": choices,
+        "pattern": pattern,
+        "key": key,
+        "omit_default": omit_default,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -250,6 +265,8 @@ def encode(record: Any) -> Any:
         for f in dataclasses.fields(record):
             value = getattr(record, f.name)
             if value is None and f.default is None:
+                continue
+            if f.metadata.get("omit_default") and value == f.default:
                 continue
             out[_json_key(f)] = encode(value)
         extra = getattr(record, "_derived_json", None)
@@ -641,6 +658,12 @@ class EngineRecord:
     An engine is used only on the GPU (``gpu``, ``sm``) and TensorRT
     (``trt_version``) it was built for, from the graph it was built from
     (``graph_sha256``); see :func:`edgeseg.engines.choose_engine`.
+
+    ``stage`` says which graph the engine runs: ``model`` (the default; one of
+    the bundle's ``graphs``) or ``crf`` (the separate CRF graph, ``crf.onnx``,
+    whose engine runs chained to a model engine on the same device and
+    TensorRT). ``graph`` is that graph's file and ``precision`` its precision
+    (a CRF graph is FP32 and its engine runs on the GPU).
     """
 
     graph: str
@@ -661,12 +684,14 @@ class EngineRecord:
     opt_level: int = spec(3, ge=0, le=5)
     build_seconds: float | None = spec(None, ge=0)
     built_at: str | None = None
+    stage: str = spec("model", choices=ENGINE_STAGES, omit_default=True)
 
     def describe(self) -> str:
         """One line for ``edgeseg info`` and ``build``."""
         where = f"DLA core {self.dla_core}" if self.dla_core is not None else "GPU"
+        what = f"{self.precision} CRF" if self.stage == "crf" else self.precision
         return (
-            f"{self.file}: {self.precision} on {self.gpu_name or self.gpu} {self.sm} ({where}), "
+            f"{self.file}: {what} on {self.gpu_name or self.gpu} {self.sm} ({where}), "
             f"TensorRT {self.trt_version}, {self.profile.describe()}"
             + (f", DeformConv {self.deform_conv}" if self.deform_conv else "")
             + (f", built {self.built_at}" if self.built_at else "")
@@ -862,6 +887,15 @@ class Manifest:
             for label, listed in named:
                 if listed is not None and listed not in self.files:
                     raise BundleError(f"{at}.{label} {listed!r} is not listed under 'files'")
+            if engine.stage == "crf":
+                crf_graph = (
+                    self.crf.graph if self.crf is not None and self.crf.mode == "separate" else None
+                )
+                if engine.graph != crf_graph:
+                    raise BundleError(
+                        f"{at}: a crf engine's graph {engine.graph!r} is not the bundle's separate "
+                        f"crf graph ({crf_graph or 'it has none'})"
+                    )
         unknown = [o for o in self.outputs if o not in OUTPUTS]
         if "mask" not in self.outputs or unknown or len(set(self.outputs)) != len(self.outputs):
             raise BundleError(
@@ -879,6 +913,7 @@ class Manifest:
 
 __all__ = [
     "CRF_MODES",
+    "ENGINE_STAGES",
     "MANIFEST_NAME",
     "OUTPUTS",
     "PRECISIONS",

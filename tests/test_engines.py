@@ -8,6 +8,8 @@ manifest's typed engine records and a device; no TensorRT is needed.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from edgeseg.engines import (
     EngineChoice,
     EngineMismatchError,
     choose_engine,
+    choose_engines,
     engine_file_name,
     inspector_file_name,
     resolve_engine,
@@ -70,6 +73,7 @@ def test_engine_file_names() -> None:
     )
     with pytest.raises(ConfigError, match="needs a TensorRT version; Orin has none"):
         engine_file_name(DeviceInfo("Orin", (8, 7)), "fp16")
+    assert engine_file_name(ORIN, "fp32", stage="crf") == "engine-orin-sm87-trt10.3.0-fp32-crf.plan"
 
 
 def test_probe_without_a_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,6 +209,107 @@ def test_dla_engines_are_chosen_only_for_their_core() -> None:
     assert "for DLA core 1" in choose_engine(manifest, ORIN, "fp16", dla_core=1).reason
 
 
+# -- the model's engine and the separate CRF's, chosen together ------------------------------------
+
+
+def _crf_record(device: DeviceInfo, graph_sha: str = "cc" * 32) -> EngineRecord:
+    assert device.trt_version is not None
+    return EngineRecord(
+        file=engine_file_name(device, "fp32", stage="crf"),
+        gpu=device.gpu,
+        sm=device.sm,
+        trt_version=device.trt_version,
+        precision="fp32",
+        graph="crf.onnx",
+        graph_sha256=graph_sha,
+        profile=STATIC,
+        stage="crf",
+    )
+
+
+def _crf_manifest(*records: EngineRecord, crf_sha: str = "cc" * 32) -> Manifest:
+    """:func:`_manifest` with a separate CRF graph (``crf.onnx``) reading the model's logits."""
+    base = _manifest(*records)
+    files = {**base.files, "crf.onnx": {"sha256": crf_sha, "bytes": 1}}
+    return base.replace(
+        outputs=("mask", "logits"), crf={"mode": "separate", "graph": "crf.onnx"}, files=files
+    )
+
+
+def test_model_and_crf_engines_are_chosen_together_for_one_device() -> None:
+    manifest = _crf_manifest(_record(H100), _crf_record(H100), _record(ORIN), _crf_record(ORIN))
+    for device in (ORIN, H100):
+        model, crf = choose_engines(manifest, device, "fp16", crf=True)
+        assert crf is not None and model.action == crf.action == "use"
+        assert model.record == _record(device) and crf.record == _crf_record(device)
+        assert (model.stage, crf.stage, crf.precision, crf.dla_core) == (
+            "model",
+            "crf",
+            "fp32",
+            None,
+        )
+    assert choose_engines(manifest, ORIN, "fp16")[1] is None  # crf=False: no CRF engine
+    assert (
+        choose_engines(_manifest(_record(ORIN)), ORIN, "fp16", crf=True)[1] is None
+    )  # no crf.onnx
+    # a model engine on a DLA core pairs with the CRF engine on the GPU of the same device
+    dla = _crf_manifest(_record(ORIN, dla_core=0), _crf_record(ORIN))
+    model, crf = choose_engines(dla, ORIN, "fp16", dla_core=0, crf=True)
+    assert crf is not None and (model.action, crf.action) == ("use", "use")
+
+
+def test_a_crf_engine_is_never_taken_for_a_model_engine_nor_the_reverse() -> None:
+    only_crf = _crf_manifest(_crf_record(ORIN))
+    fp32 = choose_engine(only_crf, ORIN, "fp32", where="road.edgeseg")
+    assert fp32.action == "build" and fp32.record is None
+    assert fp32.reason == (
+        "road.edgeseg has no fp32 engine; building one from model.onnx with TensorRT 10.3.0.30"
+    )
+    fp32_model = dataclasses.replace(
+        _record(ORIN, "fp32"), graph="model.onnx", graph_sha256="ff" * 32
+    )
+    model, crf = choose_engines(
+        _crf_manifest(fp32_model), ORIN, "fp32", crf=True, where="road.edgeseg"
+    )
+    assert crf is not None and model.action == "use" and crf.action == "build"
+    assert crf.record is None and crf.stage == "crf"
+    assert crf.reason == (
+        "road.edgeseg has no CRF engine; building one from crf.onnx with TensorRT 10.3.0.30"
+    )
+
+
+def test_a_crf_engine_of_another_tensorrt_or_a_changed_crf_graph_is_rebuilt() -> None:
+    newer = DeviceInfo("Orin (nvgpu)", (8, 7), "10.3.0.31")
+    model, crf = choose_engines(
+        _crf_manifest(_record(ORIN), _crf_record(ORIN)), newer, "fp16", crf=True, where="r"
+    )
+    assert crf is not None and model.action == crf.action == "build"
+    assert crf.record == _crf_record(ORIN)  # the one it replaces (its settings are kept)
+    assert "r's CRF engine engine-orin-sm87-trt10.3.0-fp32-crf.plan was built for orin sm87" in (
+        crf.found
+    )
+    assert "TensorRT 10.3.0.30 (this one has 10.3.0.31)" in crf.found
+    stale = _crf_manifest(_record(ORIN), _crf_record(ORIN), crf_sha="dd" * 32)
+    _, crf = choose_engines(stale, ORIN, "fp16", crf=True)
+    assert crf is not None and crf.action == "build"
+    assert "graph crf.onnx as it was before it changed" in crf.found
+    with pytest.raises(
+        EngineMismatchError, match="has no CRF engine; TensorRT is not installed here"
+    ):
+        choose_engine(_crf_manifest(), DeviceInfo("Orin", (8, 7)), "fp32", stage="crf")
+
+
+def test_crf_engine_choices_that_make_no_sense_are_refused() -> None:
+    with pytest.raises(ConfigError, match="has no separate CRF graph to build an engine of"):
+        choose_engine(_manifest(), ORIN, "fp32", stage="crf")
+    with pytest.raises(ConfigError, match="crf.onnx is fp32 and its engine runs on the GPU; asked"):
+        choose_engine(_crf_manifest(), ORIN, "fp16", stage="crf")
+    with pytest.raises(ConfigError, match="on DLA core 0"):
+        choose_engine(_crf_manifest(), ORIN, "fp32", dla_core=0, stage="crf")
+    with pytest.raises(ConfigError, match="an engine's stage is model or crf, got 'post'"):
+        choose_engine(_crf_manifest(), ORIN, "fp32", stage="post")
+
+
 # -- engine records in bundles --------------------------------------------------------------------
 
 
@@ -275,6 +380,65 @@ def test_engine_records_round_trip_and_validation(tmp_path: Path) -> None:
             Manifest.from_json(bad)
     del data["engines"]  # bundles written before engines existed still load
     assert Manifest.from_json(data).engines == ()
+
+
+def test_crf_engine_records_round_trip_and_validation(tmp_path: Path) -> None:
+    """Each record says which graph its engine runs; a model engine's record is written as
+    before (no ``stage`` key), so schema-2 manifests of either kind load."""
+    import hashlib
+
+    graph, crf_graph = b"g", b"crf"
+    model = EngineRecord(
+        file="engine-orin-sm87-trt10.3.0-fp32.plan",
+        gpu="orin",
+        sm="sm87",
+        trt_version="10.3.0.30",
+        precision="fp32",
+        graph="model.onnx",
+        graph_sha256=hashlib.sha256(graph).hexdigest(),
+        profile=ProfileRecord((8, 8), (8, 8), (8, 8)),
+    )
+    crf = dataclasses.replace(
+        model,
+        file="engine-orin-sm87-trt10.3.0-fp32-crf.plan",
+        graph="crf.onnx",
+        graph_sha256=hashlib.sha256(crf_graph).hexdigest(),
+        stage="crf",
+    )
+    assert model.stage == "model"
+    files = {"model.onnx": graph, "crf.onnx": crf_graph, model.file: b"m", crf.file: b"c"}
+    manifest = Manifest.create(
+        model={"name": "toy", "source": "module"},
+        classes=("a",),
+        palette=((0, 0, 0),),
+        input=InputSpec(size=(8, 8)),
+        precision="fp32",
+        opset=19,
+        outputs=("mask", "logits"),
+        graphs={"fp32": "model.onnx"},
+        crf={"mode": "separate", "graph": "crf.onnx"},
+        engines=(model, crf),
+    )
+    written = write_bundle(tmp_path / "pair", manifest, files)
+    loaded = Bundle.load(written.path)
+    assert loaded.manifest.engines == (model, crf)
+    on_disk = json.loads((written.path / "manifest.json").read_text())["engines"]
+    assert "stage" not in on_disk[0] and on_disk[1]["stage"] == "crf"
+    model_only, crf_json = loaded.manifest.to_json(), on_disk[1]
+    for edit, message in [
+        ({"stage": "post"}, r"engines\[1\].stage must be one of model, crf, got 'post'"),
+        (
+            {"graph": "model.onnx"},
+            r"engines\[1\]: a crf engine's graph 'model.onnx' is not the bundle's separate crf "
+            r"graph \(crf.onnx\)",
+        ),
+    ]:
+        bad = {**model_only, "engines": [on_disk[0], {**crf_json, **edit}]}
+        with pytest.raises(BundleError, match=message):
+            Manifest.from_json(bad)
+    fused = {**model_only, "crf": {"mode": "fused"}}
+    with pytest.raises(BundleError, match=r"not the bundle's separate crf graph \(it has none\)"):
+        Manifest.from_json(fused)
 
 
 # -- resolving the choice: use, or build with the injected builder -------------------------------
