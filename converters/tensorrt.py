@@ -12,7 +12,7 @@ legacy weakly typed path: the FP32 graph with ``BuilderFlag.FP16``, or with
 The steps read like Polygraphy's loaders: :func:`profile_shapes` (what the
 optimisation profile covers), :func:`engine_from_onnx` (parse, configure,
 build, inspect), :func:`add_engine` (a bundle gains an engine for this
-device, rewritten atomically). The pure parts (profiles, DLA rules, file
+device, and its separate CRF graph's engine, rewritten atomically). The pure parts (profiles, DLA rules, file
 names, the timing-cache path, the target) are tested on the CPU; the
 TensorRT calls are type-checked against ``tensorrt-stubs``
 (``tools/typecheck_tensorrt.py``) and run only on a GPU (``pytest -m gpu``).
@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgeseg.bundle import Bundle, InputSpec, write_bundle
 from edgeseg.engines import (
+    CRF_PRECISION,
     PLUGIN_LIBRARY,
     PLUGIN_OP,
     DeviceInfo,
     EngineChoice,
+    choose_engine,
     engine_file_name,
     inspector_file_name,
     parse_version,
@@ -667,6 +669,13 @@ def add_engine(
     the manifest's ``engines``; an engine of the same name is replaced. With
     ``deform_conv="plugin"`` the plugin library is copied into the bundle.
 
+    A bundle whose CRF is a separate graph (``crf.onnx``) also gets that
+    graph's engine for this device (``...-fp32-crf.plan``, a record with
+    ``stage="crf"``) in the same rewrite, unless it has a usable one already:
+    with the TensorRT backend the CRF runs chained to the model's engine. The
+    CRF engine is FP32 on the GPU (the CRF graph's precision), built with
+    ``config``'s workspace, optimisation level and timing cache.
+
     Args:
         bundle: the bundle (path or loaded).
         precision: the graph to build from (default: the bundle's precision).
@@ -693,8 +702,14 @@ def _add_engine(
     *,
     device: DeviceInfo | None,
     progress: Say | None,
+    with_crf: bool = True,
 ) -> tuple[Bundle, EngineRecord]:
-    """The work of :func:`add_engine`; also returns the new engine's record."""
+    """The work of :func:`add_engine`; also returns the new (model) engine's record.
+
+    ``with_crf``: also build the separate CRF graph's engine when the bundle has
+    no usable one for this device (False: the model's engine only, as
+    :func:`rebuild_engine` builds one engine per choice).
+    """
     say = say_or_log(progress)
     config = coerce_config(config)
     loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -758,6 +773,11 @@ def _add_engine(
         )
         name = engine_file_name(info, precision, config.dla_core)
         inspector = inspector_file_name(name)
+        crf = (
+            _crf_engine(loaded, info, config, say)
+            if with_crf and _needs_crf_engine(loaded, info)
+            else None
+        )
         entry = EngineRecord(
             file=name,
             inspector=inspector,
@@ -785,10 +805,16 @@ def _add_engine(
         files[inspector] = built.layers.encode("utf-8")
         if plugins:
             files[PLUGIN_LIBRARY] = plugins[0]
-        engines = (*(e for e in manifest.engines if e.file != name), entry)
+        new = [entry]
+        if crf is not None:
+            new.append(crf.record)
+            files.update(crf.files)
+        replaced = {e.file for e in new}
+        engines = (*(e for e in manifest.engines if e.file not in replaced), *new)
         say(
-            f"writing {name} ({len(built.plan) / 1e6:.1f} MB, built in {built.seconds:.0f} s) "
-            f"into {loaded.path}"
+            f"writing {name} ({len(built.plan) / 1e6:.1f} MB, built in {built.seconds:.0f} s)"
+            + (f" and {crf.record.file}" if crf is not None else "")
+            + f" into {loaded.path}"
         )
         updated = write_bundle(
             loaded.path, replace(manifest, engines=engines), files, overwrite=True, base=loaded
@@ -796,18 +822,125 @@ def _add_engine(
         return updated, entry
 
 
-def rebuild_engine(bundle: Bundle, choice: EngineChoice) -> tuple[Bundle, EngineRecord]:
-    """edgeseg's :class:`~edgeseg.engines.EngineBuilder`: builds the engine a choice asks for.
+@dataclass(frozen=True)
+class _CrfEngine:
+    """A separate CRF graph's engine, built: its record and the files it adds to the bundle."""
 
-    The settings (profile, optimisation level, workspace, DeformConv mode) are
-    those of the engine the choice replaces, when there is one.
+    record: EngineRecord
+    files: dict[str, bytes | Path]
+
+
+def _needs_crf_engine(loaded: Bundle, device: DeviceInfo) -> bool:
+    """Whether the bundle has a separate CRF graph and no usable engine of it for ``device``."""
+    crf = loaded.manifest.crf
+    if crf is None or crf.mode != "separate" or crf.graph is None:
+        return False
+    choice = choose_engine(
+        loaded.manifest, device, CRF_PRECISION, where=str(loaded.path), stage="crf"
+    )
+    if choice.action == "use":
+        log.info("%s: the CRF engine %s is kept", loaded.path, choice.found)
+    return choice.action == "build"
+
+
+def _crf_engine(loaded: Bundle, device: DeviceInfo, config: EngineConfig, say: Say) -> _CrfEngine:
+    """Builds the engine of the bundle's separate CRF graph (FP32, on the GPU) for ``device``.
+
+    The CRF graph is static (a separate CRF needs a static bundle), so its
+    profile is the bundle's input size; workspace, optimisation level and the
+    timing cache come from ``config``, a DLA core does not (FP32 runs on the GPU).
+
+    Raises:
+        ConfigError: the bundle has no separate CRF graph.
+        BackendError: TensorRT cannot parse or build it.
     """
+    manifest = loaded.manifest
+    crf = manifest.crf
+    if crf is None or crf.mode != "separate" or crf.graph is None:
+        raise ConfigError(f"{loaded.path} has no separate CRF graph to build an engine of")
+    assert device.trt_version is not None
+    graph = loaded.file(crf.graph)
+    size = manifest.input.size
+    profile = ProfileRecord(size, size, size)
+    crf_config = replace(
+        config, dla_core=None, min_shape=None, opt_shape=None, max_shape=None, deform_conv="native"
+    )
+    say(f"building the CRF engine from {crf.graph} (FP32, on the GPU)")
+    built = engine_from_onnx(
+        graph,
+        profile=profile,
+        channels=manifest.input.channels,
+        config=crf_config,
+        device=device,
+        precision=CRF_PRECISION,
+        say=say,
+    )
+    name = engine_file_name(device, CRF_PRECISION, stage="crf")
+    inspector = inspector_file_name(name)
+    record = EngineRecord(
+        file=name,
+        inspector=inspector,
+        gpu=device.gpu,
+        gpu_name=device.name,
+        sm=device.sm,
+        trt_version=built.trt_version,
+        precision=CRF_PRECISION,
+        graph=crf.graph,
+        graph_sha256=manifest.files[crf.graph].sha256,
+        mode=STRONGLY_TYPED,
+        profile=profile,
+        workspace_mb=crf_config.workspace_mb,
+        opt_level=crf_config.opt_level,
+        build_seconds=round(built.seconds, 2),
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        stage="crf",
+    )
+    return _CrfEngine(record, {name: built.plan, inspector: built.layers.encode("utf-8")})
+
+
+def _add_crf_engine(
+    bundle: Bundle, config: EngineConfig, *, device: DeviceInfo | None, progress: Say | None
+) -> tuple[Bundle, EngineRecord]:
+    """Builds the separate CRF graph's engine for this device and adds it to the bundle (atomic)."""
+    say = say_or_log(progress)
+    info = _probe_with_tensorrt(device)
+    crf = _crf_engine(bundle, info, config, say)
+    manifest = bundle.manifest
+    files: dict[str, bytes | Path] = {
+        n: bundle.path / n for n in manifest.files if n not in crf.files
+    }
+    files.update(crf.files)
+    engines = (*(e for e in manifest.engines if e.file != crf.record.file), crf.record)
+    say(f"writing {crf.record.file} into {bundle.path}")
+    updated = write_bundle(
+        bundle.path, replace(manifest, engines=engines), files, overwrite=True, base=bundle
+    )
+    return updated, crf.record
+
+
+def rebuild_engine(bundle: Bundle, choice: EngineChoice) -> tuple[Bundle, EngineRecord]:
+    """edgeseg's :class:`~edgeseg.engines.EngineBuilder`: builds the one engine a choice asks for.
+
+    A ``model`` choice builds the engine of the bundle's graph of its precision,
+    a ``crf`` choice the engine of the separate CRF graph (the runtime asks for
+    each it lacks). The settings (profile, optimisation level, workspace,
+    DeformConv mode) are those of the engine the choice replaces, when there is one.
+    """
+    if choice.stage == "crf":
+        config = (
+            EngineConfig(workspace_mb=choice.record.workspace_mb, opt_level=choice.record.opt_level)
+            if choice.record is not None
+            else EngineConfig()
+        )
+        return _add_crf_engine(bundle, config, device=choice.device, progress=None)
     config = (
         EngineConfig.from_record(choice.record)
         if choice.record is not None
         else EngineConfig(dla_core=choice.dla_core)
     )
-    return _add_engine(bundle, choice.precision, config, device=choice.device, progress=None)
+    return _add_engine(
+        bundle, choice.precision, config, device=choice.device, progress=None, with_crf=False
+    )
 
 
 def add_plugin_library(
