@@ -29,6 +29,7 @@ from edgeseg.runtime.profiling import Profiler, ProfileSummary
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgeseg.engines import EngineBuilder
+    from edgeseg.runtime.backends.tensorrt import TensorRTCrfChain
     from edgeseg.runtime.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,18 @@ def _check_backend_options(choice: BackendChoice, options: dict[str, Any]) -> No
     )
 
 
+def _chain_spans(
+    start: float, end: float, gpu_ms: dict[str, float]
+) -> dict[str, tuple[float, float]]:
+    """The host span of a chained model + CRF call, split in proportion to the GPU times."""
+    model = gpu_ms.get("h2d", 0.0) + gpu_ms.get("compute", 0.0)
+    if "crf" not in gpu_ms:
+        return {"infer": (start, end)}
+    total = model + gpu_ms["crf"] + gpu_ms.get("d2h", 0.0)
+    split = start + (end - start) * (model / total) if total > 0 else start
+    return {"infer": (start, split), "crf": (split, end)}
+
+
 class Segmenter:
     """Runs a bundle on frames.
 
@@ -100,7 +113,11 @@ class Segmenter:
             ``logits`` that the bundle has. Default: none (masks only, least copying).
         verify: check the bundle's checksums on load.
         crf: run the bundle's dense-CRF stage (default: on when it has one).
-            A ``separate`` CRF can be switched off; a ``fused`` one cannot.
+            A ``separate`` CRF can be switched off; a ``fused`` one cannot. On
+            TensorRT a separate CRF runs as its own engine chained to the model's
+            on the GPU (the logits stay in device memory; the CRF engine is
+            chosen, and built if missing, with the model's); on ONNX Runtime it
+            runs the CRF graph after the model's.
         profile_window: how many recent frames ``profile()`` summarises.
         engine_builder: builds a TensorRT engine the bundle lacks for this GPU (or has
             only for another GPU or TensorRT) and writes it into the bundle:
@@ -151,11 +168,15 @@ class Segmenter:
                 "to switch it at run time"
             )
         self.crf = info is not None if crf is None else bool(crf)
-        # the backend and (TensorRT) the engine are chosen here, once
-        choice = choose_backend(backend, self.bundle, self.precision, backend_options)
+        separate = (
+            self.crf and info is not None and info.mode == "separate" and info.graph is not None
+        )
+        # the backend and (TensorRT) the engines, the model's and the CRF's, are chosen here, once
+        choice = choose_backend(backend, self.bundle, self.precision, backend_options, crf=separate)
         _check_backend_options(choice, backend_options)
         self.backend_name = choice.name
         self._crf_backend: Backend | None = None
+        self._crf_chain: TensorRTCrfChain | None = None
         self._backend: Backend | None = None
         try:
             self._backend, self.bundle = open_backend(
@@ -182,8 +203,13 @@ class Segmenter:
         except BundleError:
             self.close()
             raise
-        if self.crf and info is not None and info.mode == "separate" and info.graph is not None:
-            # engines are built for the model's graph: a separate CRF stays on ONNX Runtime
+        if separate and self.backend_name == "tensorrt":
+            from edgeseg.runtime.backends.tensorrt import TensorRTCrfChain
+
+            if isinstance(self._backend, TensorRTCrfChain):  # the CRF engine runs in the chain
+                self._crf_chain = self._backend
+        if separate and self._crf_chain is None:
+            assert info is not None and info.graph is not None
             same = self.backend_name == "onnxruntime"
             self._crf_backend = create_backend(
                 "onnxruntime", self.bundle.file(info.graph), **(backend_options if same else {})
@@ -264,11 +290,17 @@ class Segmenter:
         Returns:
             The outputs at the model's size (``mask`` and the extra ones asked
             for), and the (start, end) of each stage run: ``infer``, and
-            ``crf`` when a separate CRF stage is on.
+            ``crf`` when a separate CRF stage is on. On TensorRT the model and
+            CRF engines run in one call on the GPU; the call's span is split
+            between ``infer`` and ``crf`` in proportion to their CUDA-event times
+            (one ``infer`` span when a CUDA graph runs both).
         """
         backend = self._require_open()
         wanted = outputs if outputs is not None else self._outputs
         t0 = time.perf_counter()
+        if self._crf_chain is not None:
+            values = self._crf_chain.infer({"image": image}, wanted)
+            return values, _chain_spans(t0, time.perf_counter(), self._crf_chain.last_timings)
         if self._crf_backend is None:
             return backend.infer({"image": image}, wanted), {"infer": (t0, time.perf_counter())}
         model_out = ["logits"] + [o for o in wanted if o not in ("mask", "probs", "logits")]
@@ -345,6 +377,7 @@ class Segmenter:
 
     def close(self) -> None:
         """Releases the backend. Idempotent."""
+        self._crf_chain = None  # the backend itself: closed below
         if self._backend is not None:
             self._backend.close()
             self._backend = None

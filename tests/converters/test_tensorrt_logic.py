@@ -405,6 +405,7 @@ def fake_tensorrt(version: str = "10.3.0.30", dla_cores: int = 0) -> types.Modul
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     trt.__version__ = version
     trt.calls = []  # type: ignore[attr-defined]
+    trt.enqueued = []  # type: ignore[attr-defined]  # (engine's input names, stream handle) per launch
     trt.NetworkDefinitionCreationFlag = _enum(STRONGLY_TYPED=1)
     trt.MemoryPoolType = _enum(WORKSPACE=0)
     trt.ProfilingVerbosity = _enum(DETAILED=2)
@@ -604,6 +605,8 @@ def fake_tensorrt(version: str = "10.3.0.30", dla_cores: int = 0) -> types.Modul
             return True
 
         def execute_async_v3(self, handle: int) -> bool:
+            inputs = tuple(t[0] for t in self.engine.tensors if t[3])
+            trt.enqueued.append((inputs, handle))
             cudart = sys.modules.get("cuda.bindings.runtime")
             if cudart is not None and getattr(cudart, "capturing", False):
                 cudart.captured.append(self._execute)
@@ -611,22 +614,37 @@ def fake_tensorrt(version: str = "10.3.0.30", dla_cores: int = 0) -> types.Modul
                 self._execute()
             return True
 
-        def _execute(self) -> None:
+        def _read(self, name: str, dtype: type) -> np.ndarray:
+            """Input ``name`` from the stand-in device memory at the address bound to it."""
             memory = sys.modules["pycuda.driver"].MEMORY
-            shape = self.shapes["image"]
-            size = int(np.prod(shape))
-            image = np.frombuffer(bytes(memory[self.addresses["image"]][:size]), np.uint8).reshape(
-                shape
-            )
-            trt.calls.append(("execute", shape))
+            shape = self.shapes[name]
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            data = bytes(memory[self.addresses[name]][:size])
+            return np.frombuffer(data, dtype).reshape(shape)
+
+        def _execute(self) -> None:
+            """Model engines: mask = image[..., 0] % 4, float outputs its one-hot over the
+            classes. An engine with a ``logits`` input (the stand-in CRF): each pixel's class
+            from the logits it reads, moved to the next class (mask, and probs one-hot)."""
+            memory = sys.modules["pycuda.driver"].MEMORY
+            image = self._read("image", np.uint8)
+            trt.calls.append(("execute", image.shape))
+            if "logits" in self.addresses and any(
+                t[0] == "logits" and t[3] for t in self.engine.tensors
+            ):
+                logits = self._read("logits", np.float32)
+                labels = (logits.argmax(axis=1) + 1) % logits.shape[1]
+            else:
+                labels = image[..., 0] % 4
             for name, dtype, _, is_input in self.engine.tensors:
                 if is_input:
                     continue
                 out_shape = self.get_tensor_shape(name)
                 if dtype == "UINT8":
-                    value = (image[..., 0] % 4).astype(np.uint8)
+                    value = labels.astype(np.uint8)
                 else:
-                    value = np.full(out_shape, 0.25, np.float32)
+                    classes = np.arange(out_shape[1]).reshape(1, -1, 1, 1)
+                    value = (labels[:, None] == classes).astype(np.float32)
                 data = value.tobytes()
                 memory[self.addresses[name]][: len(data)] = data
 
@@ -701,15 +719,18 @@ def fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
 
     def htod(device: Allocation, host: np.ndarray, stream: Any) -> None:
         assert driver.contexts, "copy outside the backend's context"
+        driver.log.append(("htod", int(device), host.nbytes, stream.handle))
         data = host.tobytes()
         driver.MEMORY[int(device)][: len(data)] = data
 
     def dtoh(host: np.ndarray, device: Allocation, stream: Any) -> None:
+        driver.log.append(("dtoh", int(device), host.nbytes, stream.handle))
         host[:] = np.frombuffer(bytes(driver.MEMORY[int(device)][: host.nbytes]), np.uint8)
 
     driver.init = lambda: None
     driver.Device, driver.Event, driver.Error = Device, Event, RuntimeError
-    driver.Stream = lambda: types.SimpleNamespace(handle=1234, synchronize=lambda: None)
+    streams = iter(range(1234, 1 << 30))  # each stream its own handle
+    driver.Stream = lambda: types.SimpleNamespace(handle=next(streams), synchronize=lambda: None)
     driver.mem_alloc = Allocation
     driver.pagelocked_empty = lambda size, dtype: np.zeros(size, dtype)
     driver.memcpy_htod_async, driver.memcpy_dtoh_async = htod, dtoh
@@ -1011,7 +1032,7 @@ def test_segmenter_auto_builds_and_runs_an_engine(
 ) -> None:
     """Control flow only: auto picks TensorRT, builds the missing engine, runs it; the engine
     is chosen once per Segmenter (the build returns its record: nothing is chosen again)."""
-    import edgeseg.runtime.backends as backends
+    import edgeseg.engines as engines
 
     choices: list[str] = []
 
@@ -1020,7 +1041,8 @@ def test_segmenter_auto_builds_and_runs_an_engine(
         choices.append(choice.action)
         return choice
 
-    monkeypatch.setattr(backends, "choose_engine", counted)
+    # every engine choice goes through engines.choose_engine (choose_engines calls it)
+    monkeypatch.setattr(engines, "choose_engine", counted)
     path = _copy(tiny_bundle, tmp_path)
     frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
     with edgeseg.Segmenter(path, outputs=["probs"]) as seg:

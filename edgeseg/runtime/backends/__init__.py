@@ -12,6 +12,12 @@ Runtime. The choice carries the engine decision
 (:class:`edgeseg.engines.EngineChoice`), which :func:`open_backend` acts on
 without deciding again: it uses the engine, or has the injected
 :class:`~edgeseg.engines.EngineBuilder` build it first.
+
+With ``crf=True`` and a bundle whose CRF is a separate graph, the TensorRT
+choice also carries the CRF engine's decision (for the same device and
+TensorRT), and :func:`open_backend` returns the model and CRF engines chained
+on the GPU (:class:`~edgeseg.runtime.backends.tensorrt.TensorRTCrfChain`); on
+ONNX Runtime the caller runs the CRF graph itself.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from edgeseg.engines import (
     EngineBuilder,
     EngineChoice,
     bundle_writable,
-    choose_engine,
+    choose_engines,
     probe_device,
     resolve_engine,
     tensorrt_available,
@@ -63,11 +69,19 @@ class BackendChoice:
         name: ``onnxruntime`` or ``tensorrt``.
         why: one sentence for logs.
         engine: for ``tensorrt``: the engine decision, made once.
+        crf_engine: for ``tensorrt`` with a separate CRF asked for: the CRF engine's
+            decision, made with the model's for the same device and TensorRT.
     """
 
     name: str
     why: str
     engine: EngineChoice | None = None
+    crf_engine: EngineChoice | None = None
+
+    @property
+    def builds(self) -> bool:
+        """Whether opening it builds an engine (the model's or the CRF's) first."""
+        return any(c is not None and c.action == "build" for c in (self.engine, self.crf_engine))
 
 
 def _check_name(name: str) -> None:
@@ -75,11 +89,20 @@ def _check_name(name: str) -> None:
         raise BackendError(f"unknown backend {name!r}; valid: auto, {', '.join(BACKENDS)}")
 
 
-def _engine_choice(bundle: Bundle, precision: str, options: Mapping[str, Any]) -> EngineChoice:
+def _engine_choice(
+    bundle: Bundle, precision: str, options: Mapping[str, Any], crf: bool
+) -> BackendChoice:
     device = probe_device(int(options.get("device", 0)))
-    return choose_engine(
-        bundle.manifest, device, precision, dla_core=options.get("dla_core"), where=str(bundle.path)
+    engine, crf_engine = choose_engines(
+        bundle.manifest,
+        device,
+        precision,
+        dla_core=options.get("dla_core"),
+        where=str(bundle.path),
+        crf=crf,
     )
+    why = engine.reason + (f"; CRF: {crf_engine.reason}" if crf_engine is not None else "")
+    return BackendChoice("tensorrt", why, engine, crf_engine)
 
 
 def choose_backend(
@@ -87,6 +110,8 @@ def choose_backend(
     bundle: Bundle,
     precision: str | None = None,
     options: Mapping[str, Any] | None = None,
+    *,
+    crf: bool = False,
 ) -> BackendChoice:
     """Decides, once, which backend runs ``bundle``'s graph of ``precision`` here.
 
@@ -96,6 +121,9 @@ def choose_backend(
         precision: the graph's precision (default: the bundle's).
         options: the backend options the caller will pass (``auto`` keeps to a
             backend that takes them all).
+        crf: the caller runs the bundle's separate CRF stage: with TensorRT its
+            engine is chosen too (``crf_engine``), and ``auto`` picks TensorRT only
+            when both engines exist or can be built.
 
     Raises:
         BackendError: an unknown name; ``tensorrt`` with no GPU, or TensorRT older than 10.3.
@@ -117,21 +145,21 @@ def choose_backend(
         from edgeseg.runtime.backends.tensorrt_lib import require_tensorrt
 
         require_tensorrt()
-        engine = _engine_choice(bundle, precision, options)
-        return BackendChoice("tensorrt", engine.reason, engine)
+        return _engine_choice(bundle, precision, options, crf)
     if name == "onnxruntime":
         return _onnxruntime("asked for")
     unknown = sorted(set(options) - TENSORRT_OPTIONS)
     if unknown:
         return _onnxruntime(f"options {', '.join(unknown)} are for onnxruntime")
     try:
-        engine = _engine_choice(bundle, precision, options)
+        choice = _engine_choice(bundle, precision, options, crf)
     except (BackendError, ConfigError) as err:
         return _onnxruntime(str(err))
-    if engine.action == "build" and not bundle_writable(bundle):
-        return _onnxruntime(f"{engine.found}, but {bundle.path} cannot be written to add one")
-    log.info("backend auto: tensorrt (%s)", engine.reason)
-    return BackendChoice("tensorrt", engine.reason, engine)
+    if choice.builds and not bundle_writable(bundle):
+        missing = [c.found for c in (choice.engine, choice.crf_engine) if c and c.action == "build"]
+        return _onnxruntime(f"{'; '.join(missing)}, but {bundle.path} cannot be written to add one")
+    log.info("backend auto: tensorrt (%s)", choice.why)
+    return choice
 
 
 def _onnxruntime(why: str) -> BackendChoice:
@@ -154,7 +182,12 @@ def open_backend(
 
     ``onnxruntime`` runs the ONNX graph; ``tensorrt`` runs the engine the
     choice names, built first with ``engine_builder`` when the choice says
-    ``build`` (which rewrites the bundle).
+    ``build`` (which rewrites the bundle). When the choice carries a CRF
+    engine (``choose_backend(..., crf=True)``), that engine is resolved the same
+    way (built through the same ``engine_builder``, after the model's) and the
+    result is a :class:`~edgeseg.runtime.backends.tensorrt.TensorRTCrfChain`:
+    the model engine and the CRF engine chained on the GPU (``cuda_graph``
+    then captures both in one graph).
 
     A plugin library that the bundle carries is native code that its author
     (or anyone who recomputed its checksums) chose: it is loaded only with
@@ -165,7 +198,8 @@ def open_backend(
         The backend, and the bundle (rewritten when an engine was added).
 
     Raises:
-        EngineMismatchError: an engine must be built and ``engine_builder`` is None.
+        EngineMismatchError: an engine (the model's or the CRF's) must be built and
+            ``engine_builder`` is None.
         BackendError: the engine needs the bundle's plugin library and ``allow_plugins``
             is False; or from the backend.
         MissingDependencyError: from the backend.
@@ -188,8 +222,17 @@ def open_backend(
             )
         resolved = resolve_engine(bundle, choice.engine, engine_builder)
         chosen = extra if extra else list(resolved.plugins)
-        backend = TensorRTBackend(resolved.path, plugins=chosen, **options)
-        return backend, resolved.bundle
+        if choice.crf_engine is None:
+            backend = TensorRTBackend(resolved.path, plugins=chosen, **options)
+            return backend, resolved.bundle
+        from edgeseg.runtime.backends.tensorrt import TensorRTCrfChain
+
+        if choice.crf_engine.action == "build":
+            log.warning("CRF: %s (this takes a while)", choice.crf_engine.reason)
+        crf = resolve_engine(resolved.bundle, choice.crf_engine, engine_builder)
+        cuda_graph = bool(options.pop("cuda_graph", False))  # the chain captures both engines
+        model = TensorRTBackend(crf.bundle.file(resolved.record.file), plugins=chosen, **options)
+        return TensorRTCrfChain(model, crf.path, cuda_graph=cuda_graph), crf.bundle
     graph = bundle.graph(precision)
     from edgeseg.runtime.backends.onnxruntime import check_operators
 
