@@ -9,8 +9,10 @@ fixture skips them where pycuda is missing. Run them on the device::
 Each test prints its figures (lines starting ``[gpu]``): agreement of the
 engine's masks with ONNX Runtime and PyTorch, the largest logit difference
 relative to the largest logit, GPU milliseconds, memory before/after. The
-thresholds below are what the tests assert; a figure is only ever what was
-measured on the GPU the tests ran on.
+tests behind a claim of ``converters/selftest.py`` also record them with
+``record_property``, so they land in the junit XML and in the selftest's
+report. The thresholds below are what the tests assert; a figure is only ever
+what was measured on the GPU the tests ran on.
 
 Building needs the ``build`` extra (torch) on the device, since the zoo
 bundles are exported in the test; engines are built at optimisation level 2
@@ -24,6 +26,7 @@ import gc
 import json
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,9 @@ THRESHOLDS: dict[str, dict[str, float | None]] = {
     "int8": {"onnxruntime": 0.95, "pytorch": 0.85, "logits": None},
 }
 OPT_LEVEL = 2
+# what the runtime may add around the engine per frame (median ms): Segmenter's infer stage
+# against the bare engine's H2D + execute_async_v3 + D2H of the same tensors
+OVERHEAD_LIMIT_MS = 2.0
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +62,12 @@ def needs_gpu() -> None:
 
 def _report(text: str) -> None:
     print(f"[gpu] {text}")
+
+
+def _record(record_property: Callable[[str, object], None], figures: Mapping[str, Any]) -> None:
+    """Figures into the junit XML (``converters.selftest`` reports them); floats rounded."""
+    for name, value in figures.items():
+        record_property(name, round(value, 6) if isinstance(value, float) else value)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,7 +195,9 @@ def zoo_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_zoo_engine_matches_onnxruntime_and_pytorch(zoo_case: ZooCase, precision: str) -> None:
+def test_zoo_engine_matches_onnxruntime_and_pytorch(
+    zoo_case: ZooCase, precision: str, record_property: Callable[[str, object], None]
+) -> None:
     from converters.samples import synthetic_images
     from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -203,6 +217,7 @@ def test_zoo_engine_matches_onnxruntime_and_pytorch(zoo_case: ZooCase, precision
         "logits_vs_onnxruntime": _logit_error(trt_logits, ort_logits),
         "logits_vs_pytorch": _logit_error(trt_logits, ref_logits),
     }
+    _record(record_property, {**figures, "gpu_ms": gpu_ms})
     _report(
         f"{zoo_case.name} {'x'.join(map(str, zoo_case.size))} {precision}: agreement with "
         f"onnxruntime {figures['onnxruntime']:.4%}, with pytorch {figures['pytorch']:.4%}; "
@@ -245,8 +260,10 @@ def test_polygraphy_compares_the_engine_with_onnxruntime(tiny_bundle: Path, tmp_
     verdict = Comparator.compare_accuracy(
         results, compare_func=CompareFunc.simple(atol=1e-2, rtol=1e-2, check_error_stat="median")
     )
-    _report(f"polygraphy {polygraphy.__version__}: onnxruntime vs tensorrt over {len(feeds)} frames: "
-            f"{'PASSED' if bool(verdict) else 'FAILED'}")
+    _report(
+        f"polygraphy {polygraphy.__version__}: onnxruntime vs tensorrt over {len(feeds)} frames: "
+        f"{'PASSED' if bool(verdict) else 'FAILED'}"
+    )
     assert bool(verdict)
 
 
@@ -277,6 +294,7 @@ def test_plugin_matches_native_deform_conv(
     precision: str,
     plugin_library: Path,
     tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     pytest.importorskip("torch", reason="building zoo bundles needs the build extra")
     from converters.samples import synthetic_images
@@ -317,6 +335,7 @@ def test_plugin_matches_native_deform_conv(
         "logits_plugin_vs_native": _logit_error(p_logits, n_logits),
         "logits_plugin_vs_onnxruntime": _logit_error(p_logits, ort_logits),
     }
+    _record(record_property, {**figures, "native_gpu_ms": n_ms, "plugin_gpu_ms": p_ms})
     _report(
         f"{name} {options.get('deformable')} {precision}: plugin/native agreement "
         f"{figures['plugin_vs_native']:.4%}, plugin/ort {figures['plugin_vs_onnxruntime']:.4%}, "
@@ -343,7 +362,9 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def test_thousand_frames_without_memory_growth(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_thousand_frames_without_memory_growth(
+    tiny_bundle: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     import pycuda.driver as cuda
 
     path = _copy(tiny_bundle, tmp_path)
@@ -367,6 +388,23 @@ def test_thousand_frames_without_memory_growth(tiny_bundle: Path, tmp_path: Path
         integrated = bool(cuda.Device(0).get_attribute(cuda.device_attribute.INTEGRATED))
     gpu_growth = free_before - free_after
     rss_growth = rss_after - rss_before
+    gpu_limit_mib, rss_limit_mib = (64 if integrated else 4), 16
+    _record(
+        record_property,
+        {
+            "frames": 1000,
+            "gpu_memory_growth_mib": gpu_growth / 2**20,
+            "gpu_memory_growth_limit_mib": gpu_limit_mib,
+            "host_rss_growth_mib": rss_growth / 2**20,
+            "host_rss_growth_limit_mib": rss_limit_mib,
+            "gpu_memory_total_gib": total / 2**30,
+            "integrated_gpu": integrated,
+            "engine_gpu_ms_p50": float(np.percentile(gpu_ms, 50)),
+            "engine_gpu_ms_p99": float(np.percentile(gpu_ms, 99)),
+            "end_to_end_ms_p50": float(np.percentile(total_ms, 50)),
+            "end_to_end_ms_p99": float(np.percentile(total_ms, 99)),
+        },
+    )
     _report(
         f"1000 frames: GPU memory used grew {gpu_growth / 2**20:+.2f} MiB (of "
         f"{total / 2**30:.1f} GiB{', integrated: shared with the CPU' if integrated else ''}), "
@@ -375,11 +413,13 @@ def test_thousand_frames_without_memory_growth(tiny_bundle: Path, tmp_path: Path
         f"end to end ms p50 {np.percentile(total_ms, 50):.2f} p99 {np.percentile(total_ms, 99):.2f}"
     )
     # an integrated GPU reports the system's free memory, which other processes move too
-    assert gpu_growth <= (64 if integrated else 4) * 2**20
-    assert rss_growth <= 16 * 2**20
+    assert gpu_growth <= gpu_limit_mib * 2**20
+    assert rss_growth <= rss_limit_mib * 2**20
 
 
-def test_cuda_graph_gives_the_same_results(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_cuda_graph_gives_the_same_results(
+    tiny_bundle: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     from converters.tensorrt import EngineConfig, add_engine
     from edgeseg.runtime.backends.tensorrt_lib import import_cudart
 
@@ -401,6 +441,19 @@ def test_cuda_graph_gives_the_same_results(tiny_bundle: Path, tmp_path: Path) ->
                 timings[graph].append(backend.last_gpu_ms or 0.0)
             if graph:
                 assert backend.cuda_graph_active, backend.cuda_graph_error
+    logit_difference = max(
+        float(np.abs(off["logits"] - on["logits"]).max())
+        for off, on in zip(results[False], results[True], strict=True)
+    )
+    _record(
+        record_property,
+        {
+            "frames": len(images),
+            "max_logit_difference": logit_difference,
+            "engine_gpu_ms_median_without_graph": float(np.median(timings[False])),
+            "engine_gpu_ms_median_with_graph": float(np.median(timings[True])),
+        },
+    )
     for off, on in zip(results[False], results[True], strict=True):
         np.testing.assert_array_equal(off["mask"], on["mask"])
         np.testing.assert_allclose(off["logits"], on["logits"], rtol=0, atol=1e-6)
@@ -408,6 +461,109 @@ def test_cuda_graph_gives_the_same_results(tiny_bundle: Path, tmp_path: Path) ->
         f"CUDA graph off/on: identical masks on {len(images)} frames; engine GPU ms median "
         f"{np.median(timings[False]):.3f} without, {np.median(timings[True]):.3f} with"
     )
+
+
+def test_runtime_overhead_over_the_bare_engine(
+    tiny_bundle: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Segmenter's infer stage against the bare engine, trtexec-style, on the same engine.
+
+    The bare engine is the Segmenter's own ``.plan`` deserialised a second time, its
+    buffers bound once: ``execute_async_v3`` timed with CUDA events (trtexec's "GPU
+    Compute Time") and with the image and mask copies around it (trtexec's "Latency":
+    H2D + compute + D2H). The runtime is ``Segmenter(frame)``'s ``infer`` stage (host
+    clock) on frames of the model's size, so pre-processing is not in it. Frame by frame
+    alternating, after a warm-up; medians.
+    """
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from converters.tensorrt import EngineConfig, add_engine
+    from edgeseg.runtime.backends.tensorrt_lib import make_logger
+
+    warmup, frames_timed = 50, 500
+    bundle = add_engine(_copy(tiny_bundle, tmp_path), None, EngineConfig(opt_level=OPT_LEVEL))
+    rng = np.random.default_rng(6)
+    height, width = bundle.manifest.input.size
+    frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
+    with edgeseg.Segmenter(bundle.path, backend="tensorrt") as seg:
+        backend = seg._require_open()
+        plan = Path(backend.engine_path).read_bytes()
+        context_stack = cuda.Device(0).retain_primary_context()
+        context_stack.push()  # the backend pushes the same primary context for its calls
+        try:
+            engine = trt.Runtime(make_logger()).deserialize_cuda_engine(plan)
+            assert engine is not None, "the Segmenter's engine did not deserialise"
+            context = engine.create_execution_context()
+            stream = cuda.Stream()
+            buffers: dict[str, tuple[np.ndarray, Any]] = {}
+            for index in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(index)
+                shape = tuple(engine.get_tensor_shape(name))
+                host = cuda.pagelocked_empty(
+                    shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                )
+                device = cuda.mem_alloc(max(host.nbytes, 1))
+                assert context.set_tensor_address(name, int(device))
+                buffers[name] = (host, device)
+            start, copied, computed, done = (cuda.Event() for _ in range(4))
+
+            def bare(frame: np.ndarray, context: Any = context) -> tuple[float, float]:
+                image_host, image_device = buffers["image"]
+                mask_host, mask_device = buffers["mask"]
+                np.copyto(image_host, frame[None])
+                start.record(stream)
+                cuda.memcpy_htod_async(image_device, image_host, stream)
+                copied.record(stream)
+                assert context.execute_async_v3(stream.handle)
+                computed.record(stream)
+                cuda.memcpy_dtoh_async(mask_host, mask_device, stream)
+                done.record(stream)
+                stream.synchronize()
+                return float(copied.time_till(computed)), float(start.time_till(done))
+
+            for i in range(warmup):
+                bare(frames[i % 8])
+                seg(frames[i % 8])
+            compute, latency, infer, runtime_gpu = [], [], [], []
+            for i in range(frames_timed):
+                compute_ms, latency_ms = bare(frames[i % 8])
+                compute.append(compute_ms)
+                latency.append(latency_ms)
+                result = seg(frames[i % 8])
+                infer.append(result.timings["infer"])
+                runtime_gpu.append(backend.last_gpu_ms or 0.0)
+            bare(frames[0])
+            same_mask = bool(np.array_equal(buffers["mask"][0][0], seg(frames[0]).mask))
+            for _, device in buffers.values():
+                device.free()
+            del bare, context, engine  # TensorRT objects go while the context is current
+        finally:
+            context_stack.pop()
+    figures = {
+        "frames": frames_timed,
+        "bare_compute_ms_p50": float(np.median(compute)),
+        "bare_latency_ms_p50": float(np.median(latency)),
+        "segmenter_infer_ms_p50": float(np.median(infer)),
+        "segmenter_engine_gpu_ms_p50": float(np.median(runtime_gpu)),
+    }
+    figures["overhead_over_compute_ms"] = (
+        figures["segmenter_infer_ms_p50"] - figures["bare_compute_ms_p50"]
+    )
+    figures["overhead_over_latency_ms"] = (
+        figures["segmenter_infer_ms_p50"] - figures["bare_latency_ms_p50"]
+    )
+    figures["overhead_limit_ms"] = OVERHEAD_LIMIT_MS
+    _record(record_property, figures)
+    _report(
+        f"runtime overhead ({height}x{width}, {frames_timed} frames, medians): bare engine "
+        f"{figures['bare_compute_ms_p50']:.3f} ms compute, {figures['bare_latency_ms_p50']:.3f} ms "
+        f"with copies; Segmenter infer stage {figures['segmenter_infer_ms_p50']:.3f} ms "
+        f"(engine {figures['segmenter_engine_gpu_ms_p50']:.3f} ms): overhead "
+        f"{figures['overhead_over_latency_ms']:+.3f} ms over the bare latency"
+    )
+    assert same_mask, "the bare engine and the Segmenter disagree on the same frame"
+    assert figures["overhead_over_latency_ms"] <= OVERHEAD_LIMIT_MS, figures
 
 
 def test_dynamic_engine_runs_every_size_in_its_profile(
