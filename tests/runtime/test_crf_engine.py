@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -337,20 +337,33 @@ def gpu_crf_bundle(needs_gpu: None, tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.gpu
 def test_gpu_chained_crf_engine_matches_onnxruntime(
-    gpu_crf_bundle: Path, monkeypatch: pytest.MonkeyPatch
+    gpu_crf_bundle: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """On a device: the model and CRF engines chained on the GPU give ONNX Runtime's masks
     (>= 0.995 of pixels, the FP32 target of tests/converters/test_tensorrt_gpu.py) and
-    probabilities; no device-to-host copy of the logits; with and without a CUDA graph."""
+    probabilities; the CRF engine's logits address is the model's logits buffer and no
+    device-to-host copy reads it; a CUDA graph of both engines (when cuda-python is
+    installed) gives the same masks. The figures are printed (``[gpu]``) and recorded with
+    ``record_property`` (junit XML, read by ``converters/selftest.py``)."""
     import pycuda.driver as cuda
 
     from converters.samples import synthetic_images
+    from edgeseg.errors import MissingDependencyError
+    from edgeseg.runtime.backends.tensorrt_lib import import_cudart
 
     manifest = Bundle.load(gpu_crf_bundle).manifest
     assert [e.stage for e in manifest.engines] == ["model", "crf"]
     frames = synthetic_images(6, (64, 96), seed=21)
     with edgeseg.Segmenter(gpu_crf_bundle, backend="onnxruntime", outputs=["probs"]) as ort:
         reference = [ort(f) for f in frames]
+    modes = [False]
+    try:
+        import_cudart()
+        modes.append(True)
+    except MissingDependencyError as err:
+        print(f"[gpu] chained CRF engine: CUDA graph not checked ({err})")
     sources: list[int] = []
     copy = cuda.memcpy_dtoh_async
 
@@ -358,7 +371,8 @@ def test_gpu_chained_crf_engine_matches_onnxruntime(
         sources.append(int(device))
         return copy(host, device, stream)
 
-    for graph in (False, True):
+    masks: dict[bool, list[np.ndarray]] = {}
+    for graph in modes:
         with edgeseg.Segmenter(
             gpu_crf_bundle,
             backend="tensorrt",
@@ -368,13 +382,19 @@ def test_gpu_chained_crf_engine_matches_onnxruntime(
         ) as seg:
             chain = seg._crf_chain
             assert chain is not None
+            logits = chain.model.device_address("logits")
+            assert chain.crf._context.get_tensor_address("logits") == logits
+            assert chain.crf._context.get_tensor_address("image") == (
+                chain.model.device_address("image")
+            )
             monkeypatch.setattr(cuda, "memcpy_dtoh_async", counted)
             sources.clear()
             got = [seg(f) for f in frames]
             monkeypatch.setattr(cuda, "memcpy_dtoh_async", copy)
-            logits = chain.model.device_address("logits")
             assert logits not in sources and len(sources) == 2 * len(frames)  # mask, probs
-            assert chain.crf._context.get_tensor_address("logits") == logits
+            if graph:
+                assert chain.cuda_graph_active, chain.cuda_graph_error
+            masks[graph] = [r.mask for r in got]
             agreement = float(
                 np.mean([(a.mask == b.mask).mean() for a, b in zip(got, reference, strict=True)])
             )
@@ -386,5 +406,16 @@ def test_gpu_chained_crf_engine_matches_onnxruntime(
                 f"{chain.cuda_graph_active}): agreement with onnxruntime {agreement:.4%}, "
                 f"max |probs difference| {probs_error:.2e}, GPU ms {chain.last_timings}"
             )
+            tag = "graph" if graph else "plain"
+            figures: dict[str, object] = {
+                f"{tag}_agreement": round(agreement, 6),
+                f"{tag}_max_probs_error": round(probs_error, 6),
+                **{f"{tag}_{k}_ms": round(v, 4) for k, v in chain.last_timings.items()},
+            }
+            for name, value in figures.items():
+                record_property(name, value)
             assert agreement >= 0.995
             assert probs_error <= 0.02
+    if True in masks:
+        for off, on in zip(masks[False], masks[True], strict=True):
+            np.testing.assert_array_equal(off, on)
