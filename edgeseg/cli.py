@@ -744,6 +744,35 @@ def check_cmd(bundle: Path, versions: tuple[str, ...], dla: bool, as_json: bool)
         sys.exit(1)
 
 
+@cli.command("selftest")
+@click.option("--device", "device", is_flag=True, help="Run the gpu test suite (pytest -m gpu) on this machine.")
+@click.option("--kernels/--no-kernels", default=True, show_default=True,
+              help="Run the DCNv2 kernel check (CUDA and torch, no TensorRT).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("selftest-report"), show_default=True,
+              help="Folder for selftest.json, selftest.md and the runs' logs.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Stop the gpu suite after this many seconds (tests not reached are 'not run').")
+def selftest_cmd(device: bool, kernels: bool, out: Path, timeout_s: float | None) -> None:
+    """The device acceptance run: answers each claim edgeseg makes about GPUs.
+
+    Runs the kernel check and, with --device, the gpu suite, and writes one
+    report (JSON and markdown) in which each claim is verified, failed (naming
+    the test) or not run (with the reason, e.g. no NVIDIA GPU). Exits 0 only
+    when every claim is verified.
+    """
+    check_output(out, "--out", folder=True)
+    if timeout_s is not None and timeout_s <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout_s}")
+    from converters.selftest import run_selftest
+
+    report = run_selftest(out, device=device, kernels=kernels, timeout_s=timeout_s, say=_say)
+    for claim in report.claims:
+        click.echo(f"{claim.status:9s} {claim.id}: {claim.reason}" if claim.reason else f"{claim.status:9s} {claim.id}")
+    click.echo(f"{report.summary()}; report: {out / 'selftest.md'}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @cli.command("run")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--source", required=True, type=click.Path(path_type=Path),

@@ -564,3 +564,27 @@ def test_a_test_running_past_the_limit_is_interrupted_and_the_report_kept(
     assert (
         "did not run: the suite was interrupted at its time limit (stopped after" in overhead.reason
     )
+
+
+def test_cli_selftest_writes_the_report_and_exits_1_without_a_gpu(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeseg.cli import cli
+    from edgeseg.engines import probe_device
+    from edgeseg.errors import BackendError
+
+    try:
+        probe_device(with_tensorrt=False)
+    except BackendError:
+        pass
+    else:
+        pytest.skip("this machine has a GPU: the CLI would run the whole suite")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["selftest", "--device", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "0 of 7 claims verified, 7 not run" in result.output
+    assert "not run   zoo-engines: no NVIDIA GPU" in result.output
+    report = json.loads((out / "selftest.json").read_text())
+    assert report["ok"] is False and {c["status"] for c in report["claims"]} == {"not run"}
+    bad = CliRunner().invoke(cli, ["selftest", "--timeout", "0", "--out", str(out)])
+    assert bad.exit_code == 1 and "--timeout must be > 0 seconds" in bad.output

@@ -49,7 +49,7 @@ OLD_DEFAULTS: dict[str, Any] = {
     "calib_size": 200,
     "calib_seed": 0,
     "method": "entropy",
-    "placement": "cpu",
+    "placement": None,  # follows the target (QuantOptions.for_target): was "cpu", which TensorRT refuses
     "mixed_precision": True,
     "labels": None,
     "label_format": "auto",
