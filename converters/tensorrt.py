@@ -50,7 +50,13 @@ from edgeseg.engines import (
     tensorrt_version,
     trt_short_version,
 )
-from edgeseg.errors import BackendError, ConfigError, EdgesegError, MissingDependencyError
+from edgeseg.errors import (
+    BackendError,
+    ConfigError,
+    EdgesegError,
+    ExportError,
+    MissingDependencyError,
+)
 from edgeseg.manifest import EngineRecord, ProfileRecord
 from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.tensorrt_lib import (
@@ -735,14 +741,6 @@ def _add_engine(
                         f"{trt_short_version(info.trt_version)}`"
                     )
                 calibration = loaded.file(CALIBRATION_CACHE)
-    record = manifest.precisions.get(precision)
-    quant = record.quantization if record is not None else None
-    if quant is not None and quant.placement == "cpu" and mode == STRONGLY_TYPED:
-        log.warning(
-            "%s's INT8 graph has ONNX Runtime's Q/DQ placement; TensorRT builds it, but "
-            "`edgeseg calibrate --placement tensorrt` gives TensorRT's own (usually faster)",
-            loaded.path,
-        )
     ops = graph_op_types(loaded, graph.name)
     plugins: list[Path] = []
     deform: str | None = None
@@ -759,6 +757,7 @@ def _add_engine(
             if deform == "plugin":
                 plugins = [_plugin_library(loaded, config)]
             # native: TensorRT's built-in plugin, registered by init_libnvinfer_plugins
+        refuse_unacceptable(loaded, source, precision, info.trt_version, label=graph.name)
         built = engine_from_onnx(
             source,
             profile=profile,
@@ -822,6 +821,38 @@ def _add_engine(
         return updated, entry
 
 
+def refuse_unacceptable(
+    loaded: Bundle, graph: Path, precision: str, trt_version: str, *, label: str | None = None
+) -> None:
+    """Refuses, before TensorRT is asked, a graph its ONNX parser would refuse
+    (:mod:`converters.acceptance`), naming the nodes; the parser itself would stop at the
+    first with a less direct message, after the builder has started. ``graph`` is the file
+    TensorRT would parse (after a DeformConv rewrite); ``label`` the bundle graph it came from.
+
+    Raises:
+        ExportError: the first refused nodes, and for ONNX Runtime's Q/DQ placement the way out.
+    """
+    from converters.acceptance import check_model
+
+    name = label or graph.name
+    report = check_model(graph, trt_version, precision=precision, label=name)
+    if report.ok:
+        return
+    refused = report.refused
+    lines = "; ".join(str(f) for f in refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+    record = loaded.manifest.precisions.get(precision)
+    quant = record.quantization if record is not None else None
+    hint = (
+        "; it has ONNX Runtime's Q/DQ placement (uint8 activations): give it TensorRT's with "
+        f"`edgeseg calibrate {loaded.path} --calib ... --placement tensorrt`"
+        if quant is not None and quant.placement == "cpu"
+        else f"; `edgeseg check {loaded.path} --tensorrt {trt_version}` lists every node"
+    )
+    raise ExportError(
+        f"TensorRT {trt_version} would refuse {name} ({len(refused)} node(s)): {lines}{hint}"
+    )
+
+
 @dataclass(frozen=True)
 class _CrfEngine:
     """A separate CRF graph's engine, built: its record and the files it adds to the bundle."""
@@ -865,6 +896,7 @@ def _crf_engine(loaded: Bundle, device: DeviceInfo, config: EngineConfig, say: S
     crf_config = replace(
         config, dla_core=None, min_shape=None, opt_shape=None, max_shape=None, deform_conv="native"
     )
+    refuse_unacceptable(loaded, graph, CRF_PRECISION, device.trt_version)
     say(f"building the CRF engine from {crf.graph} (FP32, on the GPU)")
     built = engine_from_onnx(
         graph,

@@ -858,6 +858,29 @@ def test_add_engine_profiles_and_refusals(
         add_engine(static, "int8", device=ORIN)
 
 
+def test_add_engine_refuses_a_graph_the_parser_would_refuse_before_building(
+    stand_ins: types.SimpleNamespace, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The offline acceptance check runs first and names the node; TensorRT is never asked."""
+    import onnx
+
+    from edgeseg.bundle import write_bundle
+    from edgeseg.errors import ExportError
+
+    loaded = Bundle.load(tiny_bundle)
+    model = onnx.load(str(loaded.graph()))
+    node = next(n for n in model.graph.node if n.op_type == "Conv")
+    node.op_type, node.name = "MaxUnpool", "planted_unpool"
+    del node.attribute[:]
+    path = tmp_path / "planted.edgeseg"
+    write_bundle(path, loaded.manifest, {"model.onnx": model.SerializeToString()})
+    with pytest.raises(ExportError, match=r"TensorRT 10.3.0.30 would refuse model.onnx \(1 node\(s\)\): "
+                       r"planted_unpool \(MaxUnpool\): refused: MaxUnpool is not imported"):
+        add_engine(path, device=ORIN)
+    assert not [c for c in stand_ins.trt.calls if c[0] in ("parse", "build")]
+    assert Bundle.load(path).manifest.engines == ()
+
+
 def test_plugin_mode_needs_a_library(
     stand_ins: types.SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -867,15 +890,19 @@ def test_plugin_mode_needs_a_library(
     nodes = [
         helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["xf"], ["x"], perm=[0, 3, 1, 2]),
-        helper.make_node("DeformConv", ["x", "w", "off"], ["y"], name="dcn", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "DeformConv", ["x", "w", "off", "", "m"], ["y"], name="dcn", pads=[1, 1, 1, 1]
+        ),
         helper.make_node("ArgMax", ["y"], ["am"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["am"], ["mask"], to=TensorProto.UINT8),
+        helper.make_node("Cast", ["am"], ["amf"], to=TensorProto.FLOAT),  # TensorRT: uint8 from float
+        helper.make_node("Cast", ["amf"], ["mask"], to=TensorProto.UINT8),
     ]
     inits = [
         helper.make_tensor("w", TensorProto.FLOAT, [2, 3, 3, 3], np.ones(54, np.float32).tolist()),
         helper.make_tensor(
             "off", TensorProto.FLOAT, [1, 18, 10, 10], np.zeros(18 * 100, np.float32).tolist()
         ),
+        helper.make_tensor("m", TensorProto.FLOAT, [1, 9, 10, 10], np.ones(900, np.float32).tolist()),
     ]
     graph = helper.make_graph(
         nodes,
