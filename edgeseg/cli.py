@@ -484,7 +484,7 @@ def engine_cmd(bundle: Path, precision: str | None, **options: Any) -> None:
 
     start = time.perf_counter()
     updated = add_engine(bundle, precision, config, device=device, progress=_say)
-    click.echo(f"added an engine to {updated.path} in {time.perf_counter() - start:.1f}s")
+    click.echo(f"added engine(s) to {updated.path} in {time.perf_counter() - start:.1f}s")
     for line in _engine_lines(updated.manifest):
         click.echo(line)
 

@@ -594,17 +594,17 @@ def probe_bundle(facts: _Facts) -> Check:
             str(getattr(facts.trt, "__version__", "")) or None,
         )
     try:
-        choice = engines.choose_engine(
-            manifest, device, manifest.precision, where=str(loaded.path)
+        choice, crf = engines.choose_engines(
+            manifest, device, manifest.precision, where=str(loaded.path), crf=True
         )
     except BackendError as err:  # EngineMismatchError: no usable engine and no TensorRT
         return Check("bundle", MISSING, str(err), f"TensorRT: {engines.TRT_HINT}")
-    return Check(
-        "bundle",
-        OK,
-        f"{choice.action}: {choice.reason}",
-        data={"action": choice.action, "engines": count},
-    )
+    data: dict[str, Any] = {"action": choice.action, "engines": count}
+    message = f"{choice.action}: {choice.reason}"
+    if crf is not None:  # a separate CRF: its own engine, chained to the model's
+        data["crf_action"] = crf.action
+        message += f"; CRF engine: {crf.action}: {crf.reason}"
+    return Check("bundle", OK, message, data=data)
 
 
 PROBES: tuple[Probe, ...] = (

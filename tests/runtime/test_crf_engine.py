@@ -128,6 +128,12 @@ def test_engine_step_builds_the_crf_engine_and_the_manifest_records_both(
     again = add_engine(bundle.path, device=ORIN)
     assert stand_ins.trt.calls.count(("parse", "crf.onnx")) == parsed
     assert [e.file for e in again.manifest.engines] == [CRF_ENGINE, MODEL_ENGINE]
+    # doctor --bundle reports both choices
+    from edgeseg import doctor
+
+    check = doctor.probe_bundle(doctor._Facts(bundle=again.path, device=ORIN))
+    assert check.status == "ok" and check.data == {"action": "use", "engines": 2, "crf_action": "use"}
+    assert "; CRF engine: use: " in check.detail
 
 
 def test_a_fused_crf_gets_no_engine_of_its_own(
