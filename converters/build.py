@@ -386,6 +386,8 @@ def acceptance_step(
     graphs, the versions and the first nodes: the bundle still runs on ONNX
     Runtime, and ``edgeseg check`` lists every node.
 
+    With ``target="cpu"`` (a CPU-only bundle) a refusal is a progress line, not a warning.
+
     Returns:
         graph file -> version -> report.
 
@@ -398,7 +400,7 @@ def acceptance_step(
     )
     hint = (
         "; the INT8 graph has ONNX Runtime's Q/DQ placement (uint8 activations), which TensorRT refuses: "
-        "build with --placement tensorrt (placement='tensorrt') for a TensorRT target"
+        "build with --placement tensorrt (placement='tensorrt'), the default unless --target cpu"
         if placement == "cpu"
         else ""
     )
@@ -425,6 +427,9 @@ def acceptance_step(
     for name, keys in refused.items():
         if keys:
             first = reports[name][keys[0]].refused[0]
+            if options.target == "cpu":
+                say(f"{name} is for ONNX Runtime only: TensorRT {', '.join(keys)} would refuse it ({first})")
+                continue
             warnings.warn(
                 f"{name} would be refused by TensorRT {', '.join(keys)} "
                 f"({len(reports[name][keys[0]].refused)} node(s), e.g. {first}); it runs on ONNX Runtime, and "

@@ -221,10 +221,10 @@ class QuantOptions(_Group):
         method: calibration method: ``minmax``, ``percentile`` or ``entropy``.
         placement: where Q/DQ goes: ``cpu`` (what ONNX Runtime fuses into integer
             kernels: uint8 activations, which TensorRT refuses) or ``tensorrt``
-            (TensorRT's explicit-quantization rules). None: ``tensorrt`` when the
-            graph is for a TensorRT engine (``build`` with ``target="tensorrt"``, or
-            ``auto`` where TensorRT and a GPU are; ``calibrate`` where they are),
-            else ``cpu`` (:meth:`for_target`).
+            (TensorRT's explicit-quantization rules, which ONNX Runtime runs too).
+            None: ``cpu`` for a CPU-only build (``target="cpu"``), else ``tensorrt``,
+            so that a bundle built anywhere also becomes an engine on the device
+            (:meth:`for_target`).
         mixed_precision: keep the most sensitive layers in float until the target holds.
         trt_cache_version: TensorRT version written in the header of the legacy
             calibration cache (``calibration.cache``).
@@ -256,14 +256,13 @@ class QuantOptions(_Group):
 
     def for_target(self, target: str) -> QuantOptions:
         """These options with the placement settled for a build target (``cpu``, ``tensorrt``,
-        ``auto``): a given placement stays; None becomes ``tensorrt`` when the target resolves
-        to TensorRT here (:func:`converters.tensorrt.resolve_target`), else ``cpu``."""
+        ``auto``): a given placement stays; None becomes ``cpu`` (ONNX Runtime's integer
+        kernels) for ``target="cpu"``, which declares a CPU-only bundle, and ``tensorrt``
+        otherwise: a bundle built on a workstation is turned into an engine on the device, and
+        TensorRT's parser refuses ONNX Runtime's uint8 Q/DQ."""
         if self.placement is not None:
             return self
-        from converters.tensorrt import resolve_target
-
-        engine = target != "cpu" and resolve_target(target)[0] == "tensorrt"
-        return replace(self, placement="tensorrt" if engine else DEFAULT_PLACEMENT)
+        return replace(self, placement=DEFAULT_PLACEMENT if target == "cpu" else "tensorrt")
 
     def require_calib(self) -> str | os.PathLike[str]:
         """The calibration set, which INT8 needs.

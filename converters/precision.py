@@ -157,7 +157,7 @@ def lower_precision(
         raise ConfigError("max_miou_drop needs labelled evaluation images: samples=DIR and labels=DIR")
     if precision == "fp16":
         return _fp16(graph, eval_set, target, tell)
-    opts = (options or QuantOptions()).for_target("auto")  # a placement not given follows this machine
+    opts = (options or QuantOptions()).for_target("auto")  # not given: TensorRT's, which both run
     opts.require_calib()
     return _int8(graph, spec, eval_set, opts, target, tell)
 

@@ -289,7 +289,7 @@ _int8_options = _option_group(
                  help=f"Calibration method [{_QUANT.method}]."),
     click.option("--placement", type=click.Choice(PLACEMENTS), default=None,
                  help="Q/DQ placement: what ONNX Runtime fuses on a CPU (uint8, which TensorRT refuses), or "
-                 "TensorRT's rules [tensorrt when the graph is for a TensorRT engine here, else cpu]."),
+                 "TensorRT's rules, which ONNX Runtime runs too [cpu with --target cpu, else tensorrt]."),
     click.option("--mixed-precision/--no-mixed-precision", default=None,
                  help=f"Keep the most sensitive layers in float until the target holds [{_on(_QUANT.mixed_precision)}]."),
     click.option("--trt-cache-version", default=None,

@@ -423,7 +423,7 @@ def test_help_shows_the_defaults_of_the_options_definitions() -> None:
     build = _help("build")
     assert f"Frames of --calib to use [{quant.calib_size}]" in build
     assert f"Calibration method [{quant.method}]" in build
-    assert quant.placement is None and "rules [tensorrt when the graph is for a TensorRT engine" in build
+    assert quant.placement is None and "too [cpu with --target cpu, else tensorrt]" in build
     assert f"header [{quant.trt_cache_version}]" in build and f"pick [{quant.seed}]" in build
     assert f"--num-samples INTEGER [default: {check.num_samples}]" in build
     assert f"--opset INTEGER [default: {model.opset}]" in build

@@ -364,11 +364,8 @@ def test_placement_follows_the_target() -> None:
     assert QuantOptions().for_target("cpu").placement == "cpu"
     assert QuantOptions(placement="cpu").for_target("tensorrt").placement == "cpu"  # given: kept
     assert QuantOptions().for_target("tensorrt").placement == "tensorrt"
-    # auto: TensorRT's placement only where TensorRT and a GPU are
-    from converters.tensorrt import resolve_target
-
-    expected = "tensorrt" if resolve_target("auto")[0] == "tensorrt" else "cpu"
-    assert QuantOptions().for_target("auto").placement == expected
+    # auto: the bundle may become an engine on another machine, so TensorRT's placement
+    assert QuantOptions().for_target("auto").placement == "tensorrt"
 
 
 def _planted_unique() -> onnx.ModelProto:
@@ -387,12 +384,21 @@ def test_build_refuses_a_graph_the_engine_target_would_refuse(monkeypatch: pytes
         build_module.acceptance_step({"model.onnx": _planted_unique()}, None, options, lambda m: None)
 
 
-def test_build_warns_about_a_refused_graph_for_a_cpu_target() -> None:
+def test_build_warns_about_a_refused_graph_unless_the_target_is_cpu() -> None:
+    import warnings
+
     from converters import build as build_module
     from converters.options import BuildOptions
 
+    cpu_only: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a CPU-only bundle: said, not warned
+        build_module.acceptance_step(
+            {"bad.onnx": _planted_unique()}, None, BuildOptions.from_kwargs(target="cpu"), cpu_only.append
+        )
+    assert cpu_only[0].startswith("bad.onnx is for ONNX Runtime only: TensorRT 10.3, 10.13, 11 would refuse it")
     said: list[str] = []
-    options = BuildOptions.from_kwargs(target="cpu")
+    options = BuildOptions.from_kwargs(target="auto")
     clean = _image_graph(helper.make_node("Relu", ["nchw"], ["y"], name="relu"))
     with pytest.warns(UserWarning, match=r"bad.onnx would be refused by TensorRT 10.3, 10.13, 11"):
         reports = build_module.acceptance_step(
