@@ -24,7 +24,6 @@ NumPy, the queue, the worker, the diagnostics figures) is plain Python, tested w
 
 from __future__ import annotations
 
-import array
 import sys
 import threading
 import time
@@ -34,61 +33,21 @@ from typing import Any
 import numpy as np
 
 import edgeseg
-from edgeseg.errors import ConfigError, EdgesegError, InputError
+from edgeseg.errors import ConfigError, EdgesegError
+from edgeseg.rosmsg import image_msg_to_array, mask_to_image_fields
 
-# encoding -> (channels in msg.data, HxWxC view -> RGB (or gray) view; flips are strides, not copies)
-_ENCODINGS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]] = {
-    "rgb8": (3, lambda a: a),
-    "bgr8": (3, lambda a: a[:, :, ::-1]),
-    "rgba8": (4, lambda a: a[:, :, :3]),
-    "bgra8": (4, lambda a: a[:, :, 2::-1]),
-    "mono8": (1, lambda a: a[:, :, 0]),
-}
-
-
-def image_msg_to_array(msg: Any) -> np.ndarray:
-    """A sensor_msgs/Image as an (H, W, 3) RGB or (H, W) grayscale uint8 array.
-
-    A view of ``msg.data`` (no copy): rows are cut out of ``step`` (which may
-    include padding), BGR is flipped to RGB, alpha is left out.
-
-    Raises:
-        InputError: the encoding is not one of rgb8, bgr8, rgba8, bgra8, mono8
-            (naming it), or the sizes do not fit the data.
-    """
-    encoding = str(msg.encoding)
-    if encoding.lower() not in _ENCODINGS:
-        raise InputError(
-            f"image encoding {encoding!r} is not supported; expected one of {', '.join(_ENCODINGS)}"
-        )
-    channels, to_rgb = _ENCODINGS[encoding.lower()]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row = width * channels
-    if height <= 0 or width <= 0:
-        raise InputError(f"{encoding} image is empty ({width}x{height})")
-    if step < row:
-        raise InputError(f"{encoding} image: step {step} is less than width * channels = {row}")
-    try:
-        data = np.frombuffer(msg.data, dtype=np.uint8)  # array.array('B') in rclpy, bytes: no copy
-    except TypeError:  # a plain list of ints
-        data = np.asarray(msg.data, dtype=np.uint8)
-    if data.size < height * step:
-        raise InputError(
-            f"{encoding} image {width}x{height} (step {step}) needs {height * step} bytes, has {data.size}"
-        )
-    rows = data[: height * step].reshape(height, step)[:, :row]
-    return to_rgb(rows.reshape(height, width, channels))
-
-
-def mask_to_image_fields(mask: np.ndarray) -> dict[str, Any]:
-    """The sensor_msgs/Image fields of an (H, W) uint8 mask: ``Image(header=..., **fields)``."""
-    if mask.ndim != 2:
-        raise InputError(f"mask: expected shape (H, W), got {mask.shape}")
-    height, width = mask.shape
-    # array.array('B') is how rclpy stores uint8[]; assigning one skips the per-byte
-    # Python type check that bytes or a list would get (tens of ms for a VGA mask).
-    data = array.array("B", np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
-    return {"height": height, "width": width, "encoding": "mono8", "step": width, "data": data}
+# The message <-> NumPy conversions are the package's (edgeseg.rosmsg): the bag source and sink
+# use the same, and the tests run them on real CDR bytes (rosbags' typestore).
+__all__ = [
+    "LatestQueue",
+    "NodeStats",
+    "SegmentationNode",
+    "SegmentationWorker",
+    "diagnostic_status",
+    "image_msg_to_array",
+    "main",
+    "mask_to_image_fields",
+]
 
 
 class LatestQueue:

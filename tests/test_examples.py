@@ -155,7 +155,7 @@ def test_inconsistent_sizes_are_input_errors(node: ModuleType, rgb: np.ndarray) 
 def test_mask_fields_round_trip_through_the_decoder(node: ModuleType) -> None:
     mask = np.random.default_rng(1).integers(0, 11, (6, 9), dtype=np.uint8)
     fields = node.mask_to_image_fields(mask[:, ::-1])  # a non-contiguous mask too
-    assert set(fields) == {"height", "width", "encoding", "step", "data"}
+    assert set(fields) == {"height", "width", "encoding", "is_bigendian", "step", "data"}
     assert (fields["height"], fields["width"], fields["encoding"], fields["step"]) == (6, 9, "mono8", 9)
     assert isinstance(fields["data"], array.array) and fields["data"].typecode == "B"
     assert len(fields["data"]) == 6 * 9
