@@ -34,7 +34,9 @@ MATRIX: list[tuple[str, str, list[str], str, set[str], set[str]]] = [
     ("jetpack6-runtime", *JETPACK6, "", {"torch", "onnxruntime"}, set()),
     ("jetpack6-cpu", *JETPACK6, "cpu", {"torch"}, {"onnxruntime"}),
     ("jetpack6-video-plot", *JETPACK6, "video,plot", {"torch", "onnxruntime"}, set()),
+    ("jetpack6-bags", *JETPACK6, "bags", {"torch", "onnxruntime"}, {"rosbags", "mcap"}),
     ("jetpack7-runtime", *JETPACK7, "", {"torch", "onnxruntime"}, set()),
+    ("jetpack7-bags", *JETPACK7, "bags", {"torch", "onnxruntime"}, {"rosbags", "mcap"}),
     ("jetpack7-cpu", *JETPACK7, "cpu", {"torch"}, {"onnxruntime"}),
     *[(f"x86-cp{v.replace('.', '')}-cpu", v, X86, "cpu", {"torch"}, {"onnxruntime"})
       for v in ("3.10", "3.11", "3.12", "3.13")],
