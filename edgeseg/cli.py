@@ -776,9 +776,17 @@ def selftest_cmd(device: bool, kernels: bool, out: Path, timeout_s: float | None
 @cli.command("run")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--source", required=True, type=click.Path(path_type=Path),
-              help="Image file, folder of images, or video file.")
+              help="Image file, folder of images, video file, or a bag (.mcap, .bag, .db3, rosbag2 folder).")
+@click.option("--topic", default=None,
+              help="The image topic of a bag source (sensor_msgs/Image or CompressedImage) "
+                   "[default: its only image topic].")
 @click.option("--masks", type=click.Path(path_type=Path), default=None,
               help="Folder for mask PNGs (class ids as pixel values).")
+@click.option("--out-bag", type=click.Path(path_type=Path), default=None,
+              help="Bag sources: write the masks into this new .mcap file as mono8 sensor_msgs/Image "
+                   "on <topic>/mask, with each source message's header and log time.")
+@click.option("--out-bag-overlay", is_flag=True,
+              help="With --out-bag: also write the colour overlay (rgb8) on <topic>/overlay.")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None,
               help="Overlay output: an image file (single-image source), a video file "
                    "(.mp4/.avi), or a folder of PNGs.")
@@ -788,47 +796,71 @@ def selftest_cmd(device: bool, kernels: bool, out: Path, timeout_s: float | None
 @click.option("--allow-plugins", is_flag=True,
               help="Load a TensorRT plugin library the bundle carries (it runs that library's code).")
 def run_cmd(
-    bundle: Path, source: Path, masks: Path | None, overlay: Path | None, alpha: float, backend: str,
-    crf: bool | None, allow_plugins: bool,
+    bundle: Path, source: Path, topic: str | None, masks: Path | None, out_bag: Path | None,
+    out_bag_overlay: bool, overlay: Path | None, alpha: float, backend: str, crf: bool | None,
+    allow_plugins: bool,
 ) -> None:
-    """Segment an image, a folder of images or a video with a bundle."""
+    """Segment an image, a folder of images, a video or a bag's image topic with a bundle."""
     from edgeseg.runtime.sources import count_frames, source_kind
 
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"--alpha must be from 0 to 1, got {alpha}")
     kind = source_kind(source)
+    if kind != "bag" and (topic is not None or out_bag is not None):
+        flag = "--topic" if topic is not None else "--out-bag"
+        raise ConfigError(f"{flag} is for bag sources (.mcap, .bag, .db3, a rosbag2 folder); {source} is a {kind}")
+    if out_bag_overlay and out_bag is None:
+        raise ConfigError("--out-bag-overlay needs --out-bag FILE.mcap")
     if masks is not None:
         check_output(masks, "--masks", folder=True)
+    if out_bag is not None:
+        check_output(out_bag, "--out-bag", folder=False)
     writer = _OverlayWriter(overlay, kind, alpha) if overlay is not None else None
-    total = count_frames(source)
+    total = count_frames(source, topic=topic) if kind == "bag" else count_frames(source)
+    bag_writer = None
+    if out_bag is not None:
+        from edgeseg.runtime.bags import MaskBagWriter
+
+        bag_writer = MaskBagWriter(out_bag, source=source, overlay=out_bag_overlay)
     from edgeseg.runtime import Segmenter
 
     done, bad = 0, []
     infer_ms: list[float] = []
     total_ms: list[float] = []
-    with Segmenter(bundle, backend=backend, crf=crf, allow_plugins=allow_plugins) as seg:
-        if masks is not None:
-            masks.mkdir(parents=True, exist_ok=True)
-        try:
-            with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
-                                   show_pos=True) as bar, \
-                    seg.stream(source, drop="none", keep_frames=True) as stream:
-                for result in stream:
-                    bar.update(1)
-                    if result.error is not None or result.mask is None or result.frame is None:
-                        bad.append(f"{result.name}: {result.error}")
-                        continue
-                    infer_ms.append(result.timings["infer"])
-                    total_ms.append(result.latency_ms)
-                    if masks is not None:
-                        _write_png(masks / f"{result.name}.png", result.mask)
-                    if writer is not None:
-                        writer.write(result.name, result.frame, result.mask, seg.palette, seg.classes)
-                    done += 1
-        finally:
-            if writer is not None:
-                writer.close()
-        profile = seg.profile()
+    completed = False
+    try:
+        with Segmenter(bundle, backend=backend, crf=crf, allow_plugins=allow_plugins) as seg:
+            if masks is not None:
+                masks.mkdir(parents=True, exist_ok=True)
+            try:
+                with click.progressbar(length=total or 0, label="segmenting", file=sys.stderr,
+                                       show_pos=True) as bar, \
+                        seg.stream(source, drop="none", keep_frames=True, topic=topic) as stream:
+                    for result in stream:
+                        bar.update(1)
+                        if result.error is not None or result.mask is None or result.frame is None:
+                            bad.append(f"{result.name}: {result.error}")
+                            continue
+                        infer_ms.append(result.timings["infer"])
+                        total_ms.append(result.latency_ms)
+                        if masks is not None:
+                            _write_png(masks / f"{result.name}.png", result.mask)
+                        if writer is not None:
+                            writer.write(result.name, result.frame, result.mask, seg.palette, seg.classes)
+                        if bag_writer is not None:
+                            _write_bag(bag_writer, result, seg.palette, alpha)
+                        done += 1
+            finally:
+                if writer is not None:
+                    writer.close()
+            profile = seg.profile()
+        completed = True
+    finally:
+        if bag_writer is not None:  # what was segmented is kept, also when the source broke
+            if completed:
+                bag_writer.close()
+            else:
+                bag_writer.abort()
     if done == 0:  # one line: the reason, not a list of skips followed by a verdict
         if stream.failed:
             raise SourceError(f"source {source}: no frame could be segmented: {stream.end_reason}")
@@ -846,10 +878,24 @@ def run_cmd(
         summary += f"; masks in {masks}"
     if overlay is not None:
         summary += f"; overlay {overlay}"
+    if bag_writer is not None:
+        summary += f"; {bag_writer.written} mask message(s) in {out_bag}"
     click.echo(summary)
     click.echo(profile.table())
     if stream.failed:  # what was segmented is written; the exit code says the source broke
         raise SourceError(f"source {source} ended early: {stream.end_reason}")
+
+
+def _write_bag(writer: Any, result: Any, palette: np.ndarray, alpha: float) -> None:
+    """One bag frame's mask (and overlay) into the mask bag, with the source message's header."""
+    if result.meta is None:  # only bag sources reach here (checked up front)
+        raise SourceError(f"{result.name}: the source gave no message header to write the mask with")
+    blended = None
+    if writer.overlay:
+        from edgeseg.runtime.overlay import overlay
+
+        blended = overlay(result.frame, result.mask, palette, alpha)  # gray frames come out RGB
+    writer.write(result.meta, result.mask, blended)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -938,7 +984,8 @@ class _OverlayWriter:
 @cli.command("profile")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--source", default=None,
-              help="Image, folder, video, camera index or GStreamer pipeline [default: generated frames].")
+              help="Image, folder, video, bag, camera index or GStreamer pipeline [default: generated frames].")
+@click.option("--topic", default=None, help="The image topic of a bag source [default: its only one].")
 @click.option("--frames", type=int, default=100, show_default=True, help="Frames to measure.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Frames run first and not counted.")
 @click.option("--layers/--no-layers", default=False, show_default=True,
@@ -954,7 +1001,7 @@ class _OverlayWriter:
 @click.option("--allow-plugins", is_flag=True,
               help="Load a TensorRT plugin library the bundle carries (it runs that library's code).")
 def profile_cmd(
-    bundle: Path, source: str | None, frames: int, warmup: int, layers: bool, top: int,
+    bundle: Path, source: str | None, topic: str | None, frames: int, warmup: int, layers: bool, top: int,
     json_path: Path | None, trace: Path | None, plot: Path | None, backend: str, crf: bool | None,
     allow_plugins: bool,
 ) -> None:
@@ -966,6 +1013,11 @@ def profile_cmd(
             check_output(target, flag, folder=False)
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         raise MissingDependencyError(f"--plot {plot} needs matplotlib: pip install matplotlib")
+    if topic is not None:
+        from edgeseg.runtime.bags import is_bag
+
+        if source is None or not is_bag(source):
+            raise ConfigError(f"--topic is for bag sources (.mcap, .bag, .db3, a rosbag2 folder), got --source {source}")
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.profiling import (
         layer_timings_from_onnxruntime,
@@ -980,7 +1032,7 @@ def profile_cmd(
         with Segmenter(bundle, backend=backend, crf=crf, allow_plugins=allow_plugins, **options) as seg:
             feed = _profile_source(source, seg, frames + warmup)
             with click.progressbar(length=frames + warmup, label="profiling", file=sys.stderr, show_pos=True) as bar:
-                with seg.stream(feed, drop="none", max_frames=frames + warmup) as stream:
+                with seg.stream(feed, drop="none", max_frames=frames + warmup, topic=topic) as stream:
                     for result in stream:
                         bar.update(1)
                         if result.frame_index == warmup - 1:
@@ -1026,7 +1078,9 @@ def _profile_source(source: str | None, seg: Any, n: int) -> Any:
 
 @cli.command("parity")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of images.")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Folder of images, a video, an .npz of frames, or a bag (.mcap, .bag, .db3, rosbag2 folder).")
+@click.option("--topic", default=None, help="The image topic of a bag given as --images [default: its only one].")
 @click.option("--labels", type=click.Path(path_type=Path), default=None,
               help="Folder of label images, matched to the images by name.")
 @click.option("--label-format", type=click.Choice(["auto", "ids", "voc", "cityscapes"]), default="auto",
@@ -1047,6 +1101,7 @@ def _profile_source(source: str | None, seg: Any, n: int) -> Any:
 def parity_cmd(
     bundle: Path,
     images: Path,
+    topic: str | None,
     labels: Path | None,
     label_format: str,
     ignore_index: int | None,
@@ -1069,6 +1124,11 @@ def parity_cmd(
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     for flag, path in (("--images", images), ("--labels", labels), ("--weights", weights)):
         _check_input(path, flag)
+    source: Any = images
+    if topic is not None:  # listed now: a bad topic fails before torch is imported
+        from edgeseg.runtime.frames import frame_source
+
+        source = frame_source(images, what="images", topic=topic)
     if report_dir is not None:
         check_output(report_dir, "--report", folder=True)
     if json_path is not None:
@@ -1089,7 +1149,7 @@ def parity_cmd(
             bar.update(1)
 
         report = compare(
-            loaded, model, images, labels=labels, label_format=label_format, ignore_index=ignore_index,
+            loaded, model, source, labels=labels, label_format=label_format, ignore_index=ignore_index,
             precisions=list(precisions) or None, reference=described, limit=limit, progress=progress,
         )
     report.notes[:0] = notes

@@ -15,6 +15,9 @@ A source (:func:`frame_source`) is listed first, without decoding a frame:
   ``(N, H, W, C)`` / ``(N, H, W)``, or several arrays holding one frame each
   ``(H, W, C)`` / ``(H, W)``, every array used in key-sorted order; frames are
   named ``"key[17]"`` (in a stack) or ``"key"``;
+* a bag (``.mcap``, ``.bag``, ``.db3`` or a rosbag2 folder; rosbags and mcap)
+  and one of its image topics; frames are named by their position on the topic,
+  ``"000123"``, in recorded order;
 * a list of image files, named by their paths relative to their common folder;
 * arrays: an ``(N, H, W[, C])`` array or a list of ``(H, W[, C])`` arrays, named
   ``"image_0000"``, ...
@@ -27,7 +30,7 @@ order (:meth:`FrameSource.read`). :func:`load_frames` does all of it and
 prepares every frame with :func:`edgeseg.runtime.image.prepare`, skipping and
 naming the ones that cannot be read or used.
 
-Deploy-time module: NumPy and Pillow (OpenCV only when a video is read).
+Deploy-time module: NumPy and Pillow (OpenCV only when a video is read, rosbags/mcap for a bag).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from edgeseg.bundle import InputSpec
-from edgeseg.errors import ConfigError, InputError
+from edgeseg.errors import ConfigError, InputError, SourceError
 from edgeseg.labels import pair_labels, read_label
 from edgeseg.progress import Count
 from edgeseg.runtime.image import (
@@ -66,7 +69,7 @@ from edgeseg.runtime.sources import (
 log = logging.getLogger(__name__)
 
 NPZ_SUFFIX = ".npz"
-KINDS = ("folder", "video", "npz", "files", "arrays")
+KINDS = ("folder", "video", "bag", "npz", "files", "arrays")
 FILE_KINDS = ("folder", "files")  # kinds whose frames are image files (labels pair with these)
 _ERROR_NAMES = 10  # skipped names listed in the too-few error
 
@@ -212,13 +215,14 @@ class FrameSource:
         return self.reader.size(index)
 
 
-def frame_source(source: object, *, what: str = "frames") -> FrameSource:
+def frame_source(source: object, *, what: str = "frames", topic: str | None = None) -> FrameSource:
     """Lists the candidate frames of a source (see the module docstring), decoding none.
 
     Args:
-        source: a folder, video or ``.npz`` path; a list of image files; an
+        source: a folder, video, bag or ``.npz`` path; a list of image files; an
             ``(N, H, W[, C])`` array or a list of arrays; or a FrameSource (returned as is).
         what: what the caller calls the source; the first words of every message.
+        topic: a bag's image topic (None: its only image topic).
 
     Raises:
         ConfigError: naming the source, when it does not exist, is of an unknown
@@ -228,8 +232,12 @@ def frame_source(source: object, *, what: str = "frames") -> FrameSource:
     """
     if isinstance(source, FrameSource):
         return source
+    if topic is not None and not (isinstance(source, (str, os.PathLike)) and _is_bag(source)):
+        raise ConfigError(f"{what}: a topic ({topic!r}) is for a bag (.mcap, .bag, .db3, a rosbag2 folder)")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if _is_bag(path):
+            return _bag(path, what, topic)
         if path.is_dir():
             return _folder(path, what)
         if not path.exists():
@@ -286,8 +294,88 @@ def pair_frame_labels(frames: FrameSource, labels: str | os.PathLike[str]) -> di
 def _accepted() -> str:
     return (
         f"a folder of images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
-        f"a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or an {NPZ_SUFFIX} file of frames"
+        f"a video ({', '.join(sorted(VIDEO_SUFFIXES))}), a bag (.mcap, .bag, .db3, a rosbag2 "
+        f"folder) or an {NPZ_SUFFIX} file of frames"
     )
+
+
+# ---- bags
+
+
+def _is_bag(path: str | os.PathLike[str]) -> bool:
+    from edgeseg.runtime.bags import is_bag
+
+    return is_bag(path)
+
+
+def _bag(path: Path, what: str, topic: str | None) -> FrameSource:
+    from edgeseg.runtime.bags import BagSource
+
+    try:
+        bag = BagSource(path, topic)
+    except SourceError as err:
+        raise ConfigError(f"{what}: {err}") from err
+    count = bag.count
+    chosen = bag.topic
+    bag.close()
+    if count is None:  # no summary (a truncated MCAP): count what can be read
+        count = sum(1 for _ in _BagReader(path, chosen, None).read_all())
+    if count <= 0:
+        raise ConfigError(f"{what} {path}: topic {chosen} has no messages")
+    names = tuple(f"{i:06d}" for i in range(count))
+    return FrameSource(f"{path} {chosen}", "bag", names, None, what, _BagReader(path, chosen, count))
+
+
+class _BagReader:
+    def __init__(self, path: Path, topic: str, count: int | None) -> None:
+        self.path, self.topic, self.count = path, topic, count
+
+    def read_all(self) -> Iterator[_Read]:
+        from edgeseg.runtime.bags import BagSource
+
+        bag = BagSource(self.path, self.topic)
+        try:
+            while True:
+                try:
+                    frame, error, _ = bag.read()
+                except StopIteration:
+                    return
+                except SourceError:
+                    return  # the damaged tail: what was read before counts
+                yield frame, error
+        finally:
+            bag.close()
+
+    def read(self, indices: Sequence[int]) -> Iterator[_Read]:
+        wanted = iter(indices)
+        target = next(wanted, None)
+        position = 0
+        from edgeseg.runtime.bags import BagSource
+
+        bag = BagSource(self.path, self.topic)
+        try:
+            while target is not None:
+                try:
+                    frame, error, _ = bag.read()
+                except (StopIteration, SourceError) as err:
+                    reason = (
+                        f"the bag's topic {self.topic} ended after {position} messages"
+                        if isinstance(err, StopIteration)
+                        else str(err)
+                    )
+                    yield None, reason
+                    for _ in wanted:
+                        yield None, reason
+                    return
+                if position == target:
+                    yield frame, error
+                    target = next(wanted, None)
+                position += 1
+        finally:
+            bag.close()
+
+    def size(self, index: int) -> tuple[int, int] | None:
+        return None
 
 
 # ---- folder and files

@@ -64,30 +64,43 @@ def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> l
 
 
 def source_kind(source: str | os.PathLike[str]) -> str:
-    """``"image"``, ``"folder"`` or ``"video"``; SourceError for anything else."""
+    """``"image"``, ``"folder"``, ``"video"`` or ``"bag"``; SourceError for anything else."""
+    from edgeseg.runtime.bags import BAG_SUFFIXES, is_bag
+
     path = Path(source)
     if path.is_dir():
-        return "folder"
+        return "bag" if is_bag(path) else "folder"
     if not path.exists():
         raise SourceError(f"source {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix in BAG_SUFFIXES:
+        return "bag"
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in VIDEO_SUFFIXES:
         return "video"
     raise SourceError(
         f"source {path}: unknown file type {suffix!r}; images: {', '.join(sorted(IMAGE_SUFFIXES))}; "
-        f"videos: {', '.join(sorted(VIDEO_SUFFIXES))}"
+        f"videos: {', '.join(sorted(VIDEO_SUFFIXES))}; bags: {', '.join(sorted(BAG_SUFFIXES))} "
+        "or a rosbag2 folder"
     )
 
 
-def count_frames(source: str | os.PathLike[str]) -> int | None:
-    """Number of frames a source will yield, when known up front."""
+def count_frames(source: str | os.PathLike[str], *, topic: str | None = None) -> int | None:
+    """Number of frames a source will yield, when known up front (a bag: its topic's message count)."""
     kind = source_kind(source)
     if kind == "image":
         return 1
     if kind == "folder":
         return len(list_images(source))
+    if kind == "bag":
+        from edgeseg.runtime.bags import BagSource
+
+        bag = BagSource(source, topic)
+        try:
+            return bag.count
+        finally:
+            bag.close()
     cv2 = import_cv2()
     cap = cv2.VideoCapture(str(source))
     try:

@@ -51,7 +51,8 @@ class StreamResult:
     Attributes:
         frame_index: position of the frame in the source, from 0 (dropped frames included).
         name: the frame's name: its file's stem, or ``frame_000042``.
-        timestamp: capture time, ``time.time()`` seconds.
+        timestamp: capture time in seconds: ``time.time()`` at capture, or the source's own
+            stamp (a bag message's header stamp).
         mask: (H, W) uint8 class ids at the frame's size, or None if ``error``.
         probs: softmax (C, h, w) when the stream asked for it.
         frame: the captured frame (RGB) when ``keep_frames=True``.
@@ -59,6 +60,9 @@ class StreamResult:
         latency_ms: capture start -> result handed to the consumer.
         dropped: frames dropped by the stream so far.
         error: why this frame produced no mask (unreadable, wrong shape...), or None.
+        meta: what the source says of the frame, or None: for a bag, its
+            :class:`~edgeseg.runtime.bags.BagFrame` (topic, header stamp and frame_id,
+            log time), which a mask bag is written with.
     """
 
     frame_index: int
@@ -71,6 +75,7 @@ class StreamResult:
     probs: np.ndarray | None = None
     frame: np.ndarray | None = None
     error: str | None = None
+    meta: Any = None
 
 
 @dataclass
@@ -85,6 +90,7 @@ class _Item:
     image: Any = None  # the graph's input, (1, h, w, C) uint8, once prepared
     outputs: dict[str, np.ndarray] | None = None
     error: str | None = None
+    meta: Any = None
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
@@ -156,6 +162,14 @@ class FrameSource:
 
     def read(self) -> tuple[np.ndarray | None, str | None, str]:
         raise NotImplementedError
+
+    def frame_info(self) -> Any:
+        """What the source knows of the frame ``read`` returned last (None: nothing).
+
+        An object with a ``stamp`` (seconds) becomes the result's ``timestamp``; the
+        object itself is the result's ``meta``.
+        """
+        return None
 
     def close(self) -> None:
         """Releases the device or file. Idempotent."""
@@ -269,14 +283,27 @@ def _lower_priority(nice: int) -> None:
         log.debug("cannot lower stream thread priority: %s", err)
 
 
-def open_source(source: Any, *, retries: int = 3) -> FrameSource:
-    """A FrameSource for a camera index, device path, GStreamer pipeline, video, folder or iterable.
+def open_source(source: Any, *, retries: int = 3, topic: str | None = None) -> FrameSource:
+    """A FrameSource for a camera index, device path, GStreamer pipeline, video, folder, bag or iterable.
+
+    Args:
+        topic: the image topic of a bag (None: its only image topic).
 
     Raises:
         SourceError: the source does not exist or cannot be opened.
+        ConfigError: ``topic`` for a source that is not a bag.
     """
     if isinstance(source, FrameSource):
+        if topic is not None:
+            raise ConfigError("topic is for bag paths; a source object was given")
         return source
+    if isinstance(source, (str, os.PathLike)) and "!" not in os.fspath(source):
+        from edgeseg.runtime.bags import BagSource, is_bag
+
+        if is_bag(source):
+            return BagSource(source, topic)
+    if topic is not None:
+        raise ConfigError(f"topic {topic!r} is for a bag source (.mcap, .bag, .db3 or a rosbag2 folder)")
     if isinstance(source, bool):
         raise ConfigError(f"source must be a camera index, path, pipeline or iterable, got {source!r}")
     if isinstance(source, (int, np.integer)):
@@ -341,12 +368,13 @@ class Stream:
         retries: int = 3,
         max_frames: int | None = None,
         nice: int = 0,
+        topic: str | None = None,
     ) -> None:
         if queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
         segmenter._require_open()  # before a camera is opened, so nothing leaks
         self._closed = False
-        self._source = open_source(source, retries=retries)
+        self._source = open_source(source, retries=retries, topic=topic)
         policy = drop if drop is not None else ("oldest" if self._source.live else "none")
         if policy not in DROP_POLICIES:
             self._source.close()
@@ -483,7 +511,11 @@ class Stream:
                 log.warning("%s failed", self._source.description, exc_info=True)
                 self._finish(f"{self._source.description} failed: {type(err).__name__}: {err}", failed=True)
                 break
-            item = _Item(index, ts, t0, name=name, frame=frame, error=error)
+            meta = self._source.frame_info()
+            stamp = getattr(meta, "stamp", None)
+            if isinstance(stamp, (int, float)):
+                ts = float(stamp)
+            item = _Item(index, ts, t0, name=name, frame=frame, error=error, meta=meta)
             item.stages["capture"] = (t0, time.perf_counter())
             index += 1
             if not self._forward(0, item):
@@ -571,4 +603,5 @@ class Stream:
             latency_ms=latency,
             dropped=dropped,
             error=item.error,
+            meta=item.meta,
         )
