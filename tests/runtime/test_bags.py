@@ -115,6 +115,31 @@ def test_a_rosbag2_topic_reads_in_order_with_header_stamps(tmp_path: Path, stora
             np.testing.assert_array_equal(frame, frames[i])
 
 
+def test_a_rosbag1_topic_reads_like_a_rosbag2_one(tmp_path: Path) -> None:
+    from rosbags.rosbag1 import Writer as Writer1
+
+    ts1 = get_typestore(Stores.ROS1_NOETIC)
+    frames = _frames(3)
+    path = tmp_path / "drive.bag"
+    types = ts1.types
+    with Writer1(path) as writer:
+        conn = writer.add_connection(TOPIC, IMAGE, typestore=ts1)
+        for i, frame in enumerate(frames):
+            stamp = START + i * PERIOD
+            header = types["std_msgs/msg/Header"](
+                seq=i, stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9),
+                frame_id="cam1",
+            )
+            msg = types[IMAGE](header=header, height=48, width=64, encoding="bgr8", is_bigendian=0, step=192,
+                               data=frame[:, :, ::-1].reshape(-1).copy())
+            writer.write(conn, stamp, ts1.serialize_ros1(msg, IMAGE))
+    read = _drain(BagSource(path))
+    assert [info.frame_id for _, _, _, info in read] == ["cam1"] * 3
+    for (frame, error, _, info), expected in zip(read, frames, strict=True):
+        assert error is None and info.msgtype == IMAGE
+        np.testing.assert_array_equal(frame, expected)
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
 @pytest.mark.parametrize("padding", [0, 5])
 def test_every_encoding_and_row_padding(tmp_path: Path, encoding: str, padding: int) -> None:
