@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ class _Bag:
         if path.is_dir():
             if not (path / "metadata.yaml").is_file():
                 raise SourceError(f"{path} is a folder without metadata.yaml: not a rosbag2 bag")
-            self.mcap_files = sorted(path.glob("*.mcap"))
+            self.mcap_files = sorted(path.glob("*.mcap"), key=_split_order)  # drive_2 before drive_10
         elif path.suffix.lower() == ".mcap":
             self.mcap_files = [path]
         elif path.suffix.lower() not in BAG_SUFFIXES:
@@ -261,6 +262,11 @@ class _Bag:
             return _Record(topic, msgtype, log_time, self.typestore.deserialize_cdr(record.data, msgtype))
         except Exception as err:  # noqa: BLE001 - a corrupt message is that frame's error
             return _Record(topic, msgtype, log_time, error=f"cannot deserialize: {type(err).__name__}: {err}")
+
+
+def _split_order(path: Path) -> list[Any]:
+    """A natural sort key: the files of a split bag (``drive_0.mcap``, ... ``drive_10.mcap``) in order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def _mcap_topics(file: Path) -> list[BagTopic]:

@@ -191,6 +191,21 @@ def test_two_image_topics_need_a_choice(tmp_path: Path) -> None:
     assert BagSource(path, "/right/image").topic == "/right/image"
 
 
+def test_a_split_rosbag2_reads_its_files_in_order(tmp_path: Path) -> None:
+    folder = tmp_path / "split"
+    folder.mkdir()
+    (folder / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    frames = _frames(12, (8, 8))
+    for part in range(12):  # split_0 ... split_11: by name, 10 and 11 would come before 2
+        write_image_bag(folder / f"split_{part}.mcap", [frames[part]], start_ns=START + part * PERIOD)
+    read = _drain(BagSource(folder, TOPIC))
+    assert [info.stamp_sec * 10**9 + info.stamp_nanosec for _, _, _, info in read] == [
+        START + i * PERIOD for i in range(12)
+    ]
+    for (frame, _, _, _), expected in zip(read, frames, strict=True):
+        np.testing.assert_array_equal(frame, expected)
+
+
 def test_a_truncated_mcap_delivers_every_readable_message_then_says_why(tmp_path: Path) -> None:
     frames = _frames(8)
     whole = write_image_bag(tmp_path / "whole.mcap", frames, chunk_size=4096)  # about a frame a chunk
