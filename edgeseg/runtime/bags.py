@@ -299,7 +299,7 @@ def _mcap_topics(file: Path) -> list[BagTopic]:
         schemas: dict[int, str] = {}
         channels: dict[int, tuple[str, int]] = {}
         counted: dict[int, int] = {}
-        with contextlib.suppress(Exception):  # a damaged tail: the topics seen before it
+        try:
             for record in StreamReader(f, skip_magic=False).records:
                 if isinstance(record, Schema):
                     schemas[record.id] = record.name
@@ -307,6 +307,11 @@ def _mcap_topics(file: Path) -> list[BagTopic]:
                     channels[record.id] = (record.topic, record.schema_id)
                 elif isinstance(record, Message):
                     counted[record.channel_id] = counted.get(record.channel_id, 0) + 1
+        except Exception as err:  # noqa: BLE001 - a damaged tail: the topics seen before it count
+            if not channels:
+                raise SourceError(
+                    f"bag {file} is not a readable MCAP file: {type(err).__name__}: {err}"
+                ) from err
         return [
             BagTopic(topic, _ROS2.get(schemas.get(sid, "?"), schemas.get(sid, "?")), counted.get(cid, 0))
             for cid, (topic, sid) in channels.items()

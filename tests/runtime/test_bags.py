@@ -175,6 +175,10 @@ def test_topic_choice_and_what_the_errors_list(tmp_path: Path) -> None:
         BagSource(two, "/chatter")
     with pytest.raises(SourceError, match="does not exist"):
         BagSource(tmp_path / "missing.mcap")
+    garbage = tmp_path / "garbage.mcap"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(SourceError, match="garbage.mcap is not a readable MCAP file"):
+        BagSource(garbage)
 
 
 def test_two_image_topics_need_a_choice(tmp_path: Path) -> None:
