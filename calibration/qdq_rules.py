@@ -209,7 +209,7 @@ def _input(node: onnx.NodeProto, index: int) -> str:
     return node.input[index] if len(node.input) > index else ""
 
 
-def _constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+def constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     """The tensor a ``Constant`` node produces, for its numeric value attributes."""
     for a in node.attribute:
         if a.name == "value":
@@ -319,7 +319,7 @@ class _Checker:
             if node is None:
                 return None
             if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
-                tensor = _constant_node_tensor(node)
+                tensor = constant_node_tensor(node)
                 return None if tensor is None else _Const(name, tensor)
             if node.op_type != "Identity":
                 return None

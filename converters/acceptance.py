@@ -72,6 +72,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calibration.qdq_rules import check_tensorrt_qdq, constant_node_tensor
 from edgeseg.bundle import Bundle
 from edgeseg.engines import PLUGIN_OP, parse_version
 from edgeseg.errors import ConfigError
@@ -406,7 +407,7 @@ class _Graph:
                 self.constants[init.name] = init
             for node in graph.node:
                 if node.op_type == "Constant" and node.output:
-                    tensor = _constant_tensor(node)
+                    tensor = constant_node_tensor(node)
                     if tensor is not None:
                         self.constants[node.output[0]] = tensor
                         self.types.setdefault(node.output[0], tensor.data_type)
@@ -437,21 +438,6 @@ class _Graph:
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants
-
-
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return a.t
-        if a.name == "value_float":
-            return numpy_helper.from_array(np.array(a.f, dtype=np.float32))
-        if a.name == "value_floats":
-            return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
-        if a.name == "value_int":
-            return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
-        if a.name == "value_ints":
-            return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
-    return None
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -909,8 +895,6 @@ def _node_findings(
 
 
 def _qdq_findings(model: onnx.ModelProto) -> list[Finding]:
-    from calibration.qdq_rules import check_tensorrt_qdq
-
     report = check_tensorrt_qdq(model)
     return [Finding(v.node, v.op_type, f"qdq-{v.rule}", v.message) for v in report.violations]
 
