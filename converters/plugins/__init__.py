@@ -76,6 +76,16 @@ _LOG_TAIL_LINES = 40
 
 
 
+def require_nvcc() -> Path:
+    """:func:`find_nvcc`'s nvcc, or MissingDependencyError saying how to get one."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise MissingDependencyError(
+            "nvcc not found: install the CUDA toolkit (or put its bin/ on PATH, or set CUDA_HOME)"
+        )
+    return nvcc
+
+
 def find_nvcc() -> Path | None:
     """nvcc on PATH, else under ``$CUDA_HOME`` / ``$CUDA_PATH`` / ``/usr/local/cuda``."""
     found = _which("nvcc")
@@ -132,11 +142,7 @@ def nvcc_compile_check(
         MissingDependencyError: nvcc or the cuBLAS headers are missing.
         ExportError: nvcc failed; the message holds its output.
     """
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise MissingDependencyError(
-            "nvcc not found: install the CUDA toolkit (or put its bin/ on PATH, or set CUDA_HOME)"
-        )
+    nvcc = require_nvcc()
     cublas = find_cublas_include(nvcc)
     if cublas is None:
         raise MissingDependencyError(

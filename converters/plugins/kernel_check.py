@@ -49,7 +49,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from converters.plugins import SOURCE_DIR, SRC_DIR, find_cublas_include, find_nvcc
+from converters.plugins import SOURCE_DIR, SRC_DIR, find_cublas_include, require_nvcc
 from edgeseg.errors import MissingDependencyError
 from edgeseg.progress import Say, say_or_log
 
@@ -338,11 +338,7 @@ def build_extension(
         raise MissingDependencyError(
             f"{BINDING} is missing: run from a checkout (or install converters/plugins/kernel_check/*)"
         )
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise MissingDependencyError(
-            "nvcc not found: install the CUDA toolkit (or put its bin/ on PATH, or set CUDA_HOME)"
-        )
+    nvcc = require_nvcc()
     cuda_home = _cuda_home(nvcc)
     if cuda_home is None:
         raise MissingDependencyError(
