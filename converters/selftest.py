@@ -668,6 +668,13 @@ def _versions(cuda_driver: str | None) -> dict[str, str | None]:
 # -- the runs ------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A parent started in the background
+    (nohup, ``cmd &`` in a script, some CI runners) ignores SIGINT, children inherit that, and
+    Python then installs no KeyboardInterrupt handler: the time limit's SIGINT would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(
     cmd: list[str],
     *,
@@ -687,7 +694,13 @@ def _run(
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         proc = subprocess.Popen(
-            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            preexec_fn=_default_sigint,
         )
         try:
             code: int | None = proc.wait(timeout=timeout_s)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -562,7 +563,16 @@ def test_a_test_running_past_the_limit_is_interrupted_and_the_report_kept(
     hang = "\n\ndef test_runtime_overhead_over_the_bare_engine():\n    import time\n    time.sleep(300)\n"
     tests = _stand_in_suite(tmp_path / "checkout", extra=hang)
     started = time.perf_counter()
-    report = selftest.run_selftest(tmp_path / "out", kernels=False, tests_dir=tests, timeout_s=1)
+    # as under nohup or a background CI job: SIGINT ignored here, and so in children by default
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        report = selftest.run_selftest(tmp_path / "out", kernels=False, tests_dir=tests, timeout_s=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # interrupted after 1 s + the 1 s grace, not killed INTERRUPT_GRACE_S later (without the
+    # interrupt the suite would report nothing)
+    assert report.suite.get("ended", "").startswith("stopped after"), report.suite
+    assert "ended without its report" not in _claim(report.claims, "runtime-overhead").reason
     assert time.perf_counter() - started < 240
     status = {r.id: r.status for r in report.claims}
     assert status["cuda-graphs"] == "failed"  # ran first, reported before the interruption
