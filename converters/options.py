@@ -42,6 +42,7 @@ DEFAULT_NUM_SAMPLES = 8  # images of the fp32 graph's parity check with PyTorch
 DEFAULT_EVAL_IMAGES = 16  # fewest images an FP16/INT8 graph is judged on
 DEFAULT_CALIB_SIZE = 200
 DEFAULT_PLACEMENT = "cpu"
+DEFAULT_MIN_INT8_SHARE = 0.5  # of the model's Conv/ConvTranspose/Gemm/MatMul FLOPs
 # The legacy implicit-INT8 path is for TensorRT 10.x on JetPack 6 (TensorRT 10.3).
 DEFAULT_TRT_CACHE_VERSION = "10.3.0"
 DEFAULT_OPSET = 19  # DeformConv needs 19; TensorRT 10.3's parser reads up to 20
@@ -108,6 +109,9 @@ class ModelOptions(_Group):
         multiple_of: with ``dynamic``, sides must be multiples of this (None: the zoo
             model's own, 32 for modules).
         opset: ONNX opset, :data:`MIN_OPSET` (19) to :data:`MAX_OPSET` (23).
+        align_corners: for a model whose logits are smaller than its input (1/4, 1/8: a
+            factor that divides the input), the ``align_corners`` of the bilinear upsampling
+            fused into the graph (None: the model family's rule).
     """
 
     classes: tuple[str, ...] | None = None
@@ -123,8 +127,11 @@ class ModelOptions(_Group):
     dynamic: bool = False
     multiple_of: int | None = None
     opset: int = DEFAULT_OPSET
+    align_corners: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.align_corners is not None and not isinstance(self.align_corners, bool):
+            raise ConfigError(f"align_corners must be True, False or None, got {self.align_corners!r}")
         if self.classes is not None:
             if isinstance(self.classes, str) or not isinstance(self.classes, Sequence):
                 raise ConfigError(f"classes must be a list of names, got {self.classes!r}")
@@ -228,6 +235,9 @@ class QuantOptions(_Group):
         mixed_precision: keep the most sensitive layers in float until the target holds.
         trt_cache_version: TensorRT version written in the header of the legacy
             calibration cache (``calibration.cache``).
+        min_int8_share: the share of the model's compute (FLOPs of Conv, ConvTranspose, Gemm,
+            MatMul) that must run in INT8; an INT8 graph below it fails the build instead of
+            shipping a float graph labelled int8.
     """
 
     calib: str | os.PathLike[str] | None = None
@@ -237,8 +247,15 @@ class QuantOptions(_Group):
     placement: str | None = None
     mixed_precision: bool = True
     trt_cache_version: str = DEFAULT_TRT_CACHE_VERSION
+    min_int8_share: float = DEFAULT_MIN_INT8_SHARE
 
     def __post_init__(self) -> None:
+        if (
+            isinstance(self.min_int8_share, bool)
+            or not isinstance(self.min_int8_share, (int, float))
+            or not 0.0 <= self.min_int8_share <= 1.0
+        ):
+            raise ConfigError(f"min_int8_share must be a fraction from 0 to 1, got {self.min_int8_share!r}")
         if not _is_int(self.calib_size) or self.calib_size < 1:
             raise ConfigError(f"calib_size must be >= 1, got {self.calib_size!r}")
         if not _is_int(self.seed):
@@ -507,6 +524,7 @@ __all__ = [
     "DEFAULT_NUM_CLASSES",
     "DEFAULT_NUM_SAMPLES",
     "DEFAULT_OPSET",
+    "DEFAULT_MIN_INT8_SHARE",
     "DEFAULT_PLACEMENT",
     "DEFAULT_TRT_CACHE_VERSION",
     "MAX_OPSET",

@@ -270,7 +270,7 @@ _MODEL, _CHECK, _QUANT, _ENGINE, _BUILD = ModelOptions(), CheckOptions(), QuantO
 
 # build() options that `edgeseg build` has no flag for (tests/test_cli.py holds every other
 # BuildOptions field, and every EngineConfig field, to a flag).
-API_ONLY = ("palette", "multiple_of", "timing_cache")
+API_ONLY = ("palette", "multiple_of", "timing_cache", "align_corners")  # align_corners: modules only
 
 
 def _on(flag: bool) -> str:
@@ -294,6 +294,9 @@ _int8_options = _option_group(
                  help=f"Keep the most sensitive layers in float until the target holds [{_on(_QUANT.mixed_precision)}]."),
     click.option("--trt-cache-version", default=None,
                  help=f"TensorRT version in the legacy calibration cache's header [{_QUANT.trt_cache_version}]."),
+    click.option("--min-int8-share", type=float, default=None,
+                 help="Fail when less of the model's compute (Conv/Gemm/MatMul FLOPs) runs in INT8 "
+                      f"[{_QUANT.min_int8_share}]."),
 )
 
 

@@ -360,6 +360,24 @@ class WeightsRecord:
 
 
 @dataclass(frozen=True)
+class OutputRecord:
+    """How the model's output became the graph's logits.
+
+    Attributes:
+        kind: where the logits were: ``tensor`` (returned as is), ``out`` / ``logits`` (a
+            dict's key), ``attribute`` (a Hugging Face ``ModelOutput``'s ``.logits``) or
+            ``tuple`` (the first element).
+        scale: input size / logits size, per axis (1, 1: full resolution).
+        align_corners: with ``scale`` above 1, the bilinear upsampling fused into the graph
+            uses this ``align_corners`` (the model family's rule).
+    """
+
+    kind: str = spec("tensor", choices=("tensor", "out", "logits", "attribute", "tuple"))
+    scale: tuple[int, int] = spec((1, 1), ge=1)
+    align_corners: bool | None = None
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """What was built: a zoo model and its options, or a user's module."""
 
@@ -369,6 +387,7 @@ class ModelRecord:
     class_name: str | None = spec(None, key="class")
     weights: WeightsRecord | None = None
     trained: bool | None = None
+    output: OutputRecord | None = spec(None, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -592,6 +611,24 @@ class TrtCacheRecord:
 
 
 @dataclass(frozen=True)
+class Int8ShareRecord:
+    """How much of the model's compute runs in INT8.
+
+    Attributes:
+        flops: multiply-accumulates x 2 of every Conv, ConvTranspose, Gemm and MatMul
+            (the ops quantization changes), at the bundle's input size.
+        int8_flops: those of them whose inputs are all quantized.
+        share: ``int8_flops / flops``.
+        floor: the share the build required (``min_int8_share``).
+    """
+
+    flops: int = spec(ge=0)
+    int8_flops: int = spec(ge=0)
+    share: float = spec(ge=0, le=1)
+    floor: float | None = spec(None, ge=0, le=1)
+
+
+@dataclass(frozen=True)
 class QuantizationRecord:
     """How the INT8 graph was made."""
 
@@ -604,6 +641,7 @@ class QuantizationRecord:
     kept_float: tuple[str, ...] = ()
     tensorrt_rules: QdqRulesRecord | None = None
     trt_cache: TrtCacheRecord | None = None
+    int8_share: Int8ShareRecord | None = spec(None, omit_default=True)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ OLD_DEFAULTS: dict[str, Any] = {
     "ignore_index": None,
     "max_miou_drop": None,
     "trt_cache_version": "10.3.0",
+    "min_int8_share": 0.5,  # new: an int8 graph must quantize half the compute
+    "align_corners": None,  # new: low-resolution logits follow the model family
     "target": "auto",
     "engine": EngineConfig(),
 }
