@@ -120,6 +120,10 @@ def to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
     renamed_outputs: dict[str, str] = {}
     for node in graph.node:
         if node.name in half_nodes:
+            if node.op_type == "Cast":  # a cast to float in the FP16 body makes an FP16 tensor
+                for attr in node.attribute:
+                    if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                        attr.i = TensorProto.FLOAT16
             keep_float = FLOAT_INPUTS.get(node.op_type, ())
             for i, name in enumerate(node.input):
                 if not name or i in keep_float or elem.get(name) != TensorProto.FLOAT:
