@@ -69,9 +69,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         "deeplabv3p",
         {"backbone": "resnet50", "aspp_channels": 32, "output_stride": 8, "deformable": "backbone"},
     ),
+    ("deconvnet", SMALL_FCN),
 ]
 CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
-MODEL_NAMES = ["deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "unet"]
+MODEL_NAMES = ["deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "unet"]
 
 
 @functools.cache
@@ -755,3 +756,22 @@ def test_deformable_module_exports_to_onnx(decomposed: bool, op: str) -> None:
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), dcn(x), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- DeconvNet's unpooling
+
+
+def test_switch_unpooling_is_max_unpool_exactly_ties_included() -> None:
+    """DeconvNet's SwitchPool/SwitchUnpool (slices, comparisons, depth-to-space: what TensorRT
+    imports) give nn.MaxPool2d(return_indices)/nn.MaxUnpool2d's result to the bit, also where a
+    window holds its maximum more than once (ReLU zeros, rounded values)."""
+    from edgeseg.models.deconvnet import SwitchPool, SwitchUnpool
+
+    torch.manual_seed(0)
+    pool, unpool = nn.MaxPool2d(2, 2, return_indices=True), nn.MaxUnpool2d(2, 2)
+    for x in (torch.randn(2, 4, 8, 12), torch.relu(torch.randn(2, 4, 8, 12)).round(), torch.zeros(1, 2, 4, 4)):
+        expected, indices = pool(x)
+        got, switches = SwitchPool()(x)
+        assert torch.equal(got, expected)
+        y = torch.randn_like(expected)
+        assert torch.equal(SwitchUnpool()(y, switches), unpool(y, indices))
