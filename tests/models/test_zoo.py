@@ -70,9 +70,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         {"backbone": "resnet50", "aspp_channels": 32, "output_stride": 8, "deformable": "backbone"},
     ),
     ("deconvnet", SMALL_FCN),
+    ("hypercolumn", {**SMALL_FCN, "column_channels": 16}),
 ]
 CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
-MODEL_NAMES = ["deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "unet"]
+MODEL_NAMES = ["deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "hypercolumn", "unet"]
 
 
 @functools.cache

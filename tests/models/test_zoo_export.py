@@ -39,6 +39,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, int]]] = [
     ("deeplabv3p", {**SMALL, "deformable": "aspp"}, (64, 64)),
     ("deeplabv3p", {"backbone": "resnet50", "aspp_channels": 32}, (64, 64)),
     ("deconvnet", {"width": 0.125, "fc_channels": 64}, (64, 96)),
+    ("hypercolumn", {"width": 0.125, "fc_channels": 64, "column_channels": 16}, (64, 96)),
 ]
 
 
