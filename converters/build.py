@@ -64,6 +64,7 @@ from edgeseg.bundle import (
     write_bundle,
 )
 from edgeseg.errors import BundleExistsError, ConfigError, ExportError, ParityError
+from edgeseg.manifest import OutputRecord, encode
 from edgeseg.parity import Accumulator
 from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -78,7 +79,12 @@ CRF_FILE = "crf.onnx"
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A module ready for export, and what the manifest says about it."""
+    """A module ready for export, and what the manifest says about it.
+
+    ``output``: where the module's logits are and their scale to the input
+    (the probe's; ``info["output"]`` holds its JSON unless it is the default,
+    a tensor at the input size).
+    """
 
     module: nn.Module
     info: dict[str, Any]
@@ -87,6 +93,7 @@ class ResolvedModel:
     multiple_of: int
     classes: list[str]
     palette: list[tuple[int, int, int]]
+    output: OutputRecord = OutputRecord()
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,14 @@ def build(
 
     Args:
         model: a zoo name (``edgeseg models`` lists them) or a module whose
-            forward takes an NCHW float image and returns logits (N, C, H, W),
-            a dict with ``"out"`` (torchvision), or a tuple starting with them.
+            forward takes an NCHW float image and returns logits (N, C, h, w): a
+            tensor, a dict with ``"out"`` (torchvision) or ``"logits"`` (a Hugging
+            Face ``ModelOutput``), an object with ``.logits``, or a tuple starting
+            with one of these (:func:`converters.export.locate_logits`). Logits
+            smaller than the input by an integer factor per axis (1/4, 1/8) are
+            upsampled to the input size in the graph (bilinear, ``align_corners``:
+            the option, or :func:`converters.export.family_align_corners`); the
+            manifest's ``model.output`` records where they were and the upsampling.
         out: bundle directory to write (``.edgeseg`` is appended if missing).
         config: every option as one :class:`converters.options.BuildOptions`
             (instead of keywords).
@@ -139,7 +152,7 @@ def build(
             ``overwrite``, ``engine`` (an EngineConfig or a dict of its fields);
             :class:`~converters.options.ModelOptions`' ``classes``, ``num_classes``,
             ``input_size``, ``in_channels``, ``mean``, ``std``, ``weights``, ``options``,
-            ``outputs``, ``palette``, ``dynamic``, ``multiple_of``, ``opset``;
+            ``outputs``, ``palette``, ``dynamic``, ``multiple_of``, ``opset``, ``align_corners``;
             :class:`~converters.options.CheckOptions`' ``samples``, ``num_samples``,
             ``labels``, ``label_format``, ``ignore_index``, ``min_agreement``,
             ``max_miou_drop``; :class:`~converters.options.QuantOptions`' ``calib``,
@@ -200,8 +213,14 @@ def export_step(resolved: ResolvedModel, options: BuildOptions, say: Say) -> Exp
         dynamic=given.dynamic,
         multiple_of=resolved.multiple_of if given.dynamic else 1,
         opset=given.opset,
+        logits_scale=resolved.output.scale,
+        align_corners=bool(resolved.output.align_corners),
     )
     say(f"exporting to ONNX (opset {spec.opset}{', dynamic height/width' if spec.dynamic else ''})")
+    if spec.logits_scale != (1, 1):
+        sh, sw = spec.logits_scale
+        say(f"the model's logits are 1/{sh} x 1/{sw} of the input: upsampling them in the graph "
+            f"(bilinear, align_corners={spec.align_corners})")
     graph = onnx_from_module(resolved.module, spec)
     input_spec = InputSpec(
         size=spec.input_size,
@@ -562,7 +581,12 @@ def resolve_model(model: str | nn.Module, options: ModelOptions) -> ResolvedMode
 
     module.eval()
     probe_spec = ExportSpec(input_size=size, in_channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
-    found = probe_module(module, probe_spec)
+    probe = probe_module(module, probe_spec, align_corners=options.align_corners)
+    found = probe.num_classes
+    if probe.output != OutputRecord():  # a tensor at the input size is the default, left out
+        info["output"] = encode(probe.output)
+        if probe.align_reason is not None:
+            log.info("align_corners=%s for the logits' upsampling: %s", probe.output.align_corners, probe.align_reason)
     if info["source"] == "module":
         names = class_names(classes, num_classes if num_classes is not None else (None if classes else found))
     if found != len(names):
@@ -571,7 +595,9 @@ def resolve_model(model: str | nn.Module, options: ModelOptions) -> ResolvedMode
         )
     if len(names) > 256:
         raise ConfigError(f"{len(names)} classes do not fit the uint8 mask (at most 256)")
-    return ResolvedModel(module, info, size, channels, step, names, _palette(options.palette, len(names)))
+    return ResolvedModel(
+        module, info, size, channels, step, names, _palette(options.palette, len(names)), probe.output
+    )
 
 
 def measure_parity(

@@ -5,6 +5,14 @@ at the model's size, and does the cast, scaling, mean/std normalisation and
 transpose itself. It returns ``mask`` (uint8 argmax, N x H x W), ``probs``
 (softmax) and ``logits``; :func:`converters.passes.select_outputs` keeps the
 ones a bundle asks for. The runtime then moves bytes, not floats.
+
+The model's output is taken where popular libraries put the logits
+(:func:`locate_logits`: a tensor, ``{"out": ...}`` as torchvision,
+``{"logits": ...}`` or ``.logits`` as Hugging Face, the first item of a tuple),
+and logits smaller than the input by an integer factor per axis (1/4, 1/8)
+get a bilinear upsampling to the input size in the graph, before the argmax
+and softmax (:func:`probe_module` finds the factor, :func:`family_align_corners`
+the ``align_corners``).
 """
 
 from __future__ import annotations
@@ -12,17 +20,20 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from converters.options import DEFAULT_OPSET
 from converters.passes import shapes_after_cast, simplify, strip_metadata
 from edgeseg.errors import ConfigError, ExportError
+from edgeseg.manifest import OutputRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,11 @@ class ExportSpec:
         multiple_of: with ``dynamic``, sides must be multiples of this.
         opset: ONNX opset (>= 19).
         simplify: run onnxslim after export.
+        logits_scale: (input height / logits height, input width / logits width), integers
+            >= 1: above 1, the graph upsamples the model's logits to the input size
+            (bilinear) before the argmax and softmax. With ``dynamic``, ``multiple_of``
+            must be a multiple of both, so that every size the runtime feeds divides.
+        align_corners: ``align_corners`` of that upsampling.
     """
 
     input_size: tuple[int, int]
@@ -55,6 +71,8 @@ class ExportSpec:
     multiple_of: int = 1
     opset: int = DEFAULT_OPSET
     simplify: bool = True
+    logits_scale: tuple[int, int] = (1, 1)
+    align_corners: bool = False
 
     def __post_init__(self) -> None:
         size = tuple(self.input_size)
@@ -78,13 +96,31 @@ class ExportSpec:
             raise ConfigError(f"opset must be >= {MIN_OPSET} (ONNX DeformConv), got {self.opset}")
         if self.multiple_of < 1:
             raise ConfigError(f"multiple_of must be >= 1, got {self.multiple_of}")
+        scale = tuple(self.logits_scale)
+        if len(scale) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scale):
+            raise ConfigError(f"logits_scale must be (sh, sw) of integers >= 1, got {self.logits_scale!r}")
+        object.__setattr__(self, "logits_scale", scale)  # a list given is kept as a tuple
+        if self.dynamic and (self.multiple_of % scale[0] or self.multiple_of % scale[1]):
+            works = math.lcm(self.multiple_of, *scale)
+            raise ConfigError(
+                f"the model's logits are 1/{scale[0]} x 1/{scale[1]} of the input, so every size of the "
+                f"dynamic graph must divide by {scale[0]}x{scale[1]}, but multiple_of is {self.multiple_of}: "
+                f"pass multiple_of={works} (or a multiple of it)"
+            )
 
 
 class DeployWrapper(nn.Module):
     """uint8 NHWC image -> (mask, probs, logits), around a logits model.
 
-    The model may return a tensor, or a dict with ``"out"`` (torchvision's
-    segmentation models), or a tuple/list whose first item is the logits.
+    The model may return the logits wherever :func:`locate_logits` finds them
+    (a tensor, a dict or Hugging Face ``ModelOutput`` with ``"out"`` or
+    ``"logits"``, an object with ``.logits``, a tuple/list starting with one of
+    these). With ``spec.logits_scale`` above (1, 1) the logits are upsampled
+    (bilinear, ``spec.align_corners``) to the input size before the argmax and
+    softmax, so all three outputs are at the input size: by the constant factor
+    in a fixed-size graph (a Resize with constant scales, which TensorRT and
+    its DLA take), to the input's own size in a dynamic one (a Resize whose
+    sizes are computed from the input at run time).
     """
 
     scale: torch.Tensor
@@ -98,48 +134,180 @@ class DeployWrapper(nn.Module):
         # (x/255 - mean)/std == x * scale + shift: one Mul and one Add in the graph
         self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("shift", -mean / std, persistent=False)
+        self.logits_scale = tuple(spec.logits_scale)
+        self.align_corners = spec.align_corners
+        self.dynamic = spec.dynamic
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         # uint8 is cast before anything else touches it: TensorRT takes uint8 I/O tensors
         # only through a cast to or from float32/float16
         return image.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.shift
 
+    def upsample(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The logits at the size of the normalised input ``x`` (unchanged at scale (1, 1))."""
+        if self.logits_scale == (1, 1):
+            return logits
+        if self.dynamic:
+            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        return F.interpolate(
+            logits, scale_factor=[float(s) for s in self.logits_scale], mode="bilinear",
+            align_corners=self.align_corners,
+        )
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = logits_of(self.model(self.normalize(image))).to(torch.float32)
+        x = self.normalize(image)
+        logits = self.upsample(logits_of(self.model(x)).to(torch.float32), x)
         # the index goes through float32 on its way to uint8, for the same reason
         mask = torch.argmax(logits, dim=1).to(torch.float32).to(torch.uint8)
         probs = torch.softmax(logits, dim=1)
         return mask, probs, logits
 
 
-def logits_of(out: object) -> torch.Tensor:
-    """The logits tensor in a model's output (tensor, ``{"out": ...}``, or a sequence)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        if "out" not in out:
-            raise ExportError(f"model returned a dict without 'out' (keys: {list(out)})")
-        return logits_of(out["out"])
-    if isinstance(out, (tuple, list)) and out:
-        return logits_of(out[0])
-    raise ExportError(
-        f"model returned {type(out).__name__}; expected logits as a tensor, a dict with 'out', "
-        "or a tuple whose first item is the logits"
-    )
+ACCEPTED_OUTPUTS = (
+    "the logits as a tensor, a dict (or Hugging Face ModelOutput) with 'out' (torchvision) or "
+    "'logits' (Hugging Face), an object with a .logits attribute, or a tuple/list whose first item "
+    "is one of these"
+)
 
 
-def probe_module(model: nn.Module, spec: ExportSpec) -> int:
-    """Runs the model once at the export size and returns its number of classes.
+def locate_logits(out: object) -> tuple[torch.Tensor, str]:
+    """The logits tensor in a model's output, and where it was (an :class:`OutputRecord` kind).
+
+    Looks where popular libraries put them: a tensor (``tensor``); a dict or a
+    Hugging Face ``ModelOutput`` (a dict) with ``"out"`` (torchvision) or, without
+    it, ``"logits"`` (Hugging Face); an object with a ``.logits`` attribute
+    (``attribute``); a tuple or list whose first item is any of these (``tuple``).
+    The kind names the outermost container.
 
     Raises:
-        ExportError: the forward fails or returns something that is not
-            (1, C, H, W) logits at the input's resolution.
+        ExportError: none of these; the message names what was returned (type,
+            keys) and what is accepted.
+    """
+    found = _locate(out)
+    if found is None:
+        raise ExportError(f"model returned {describe_output(out)}; expected {ACCEPTED_OUTPUTS}")
+    return found
+
+
+def _locate(out: object, depth: int = 0) -> tuple[torch.Tensor, str] | None:
+    if isinstance(out, torch.Tensor):
+        return out, "tensor"
+    if depth > 4:
+        return None
+    if isinstance(out, Mapping):
+        for key in ("out", "logits"):
+            if key in out:
+                inner = _locate(out[key], depth + 1)
+                return None if inner is None else (inner[0], key)
+        return None
+    if not isinstance(out, (str, bytes)):
+        try:
+            attribute = getattr(out, "logits", None)
+        except Exception:  # noqa: BLE001 - a user's __getattr__ may raise anything
+            attribute = None
+        if attribute is not None:
+            inner = _locate(attribute, depth + 1)
+            if inner is not None:
+                return inner[0], "attribute"
+    if isinstance(out, (tuple, list)) and out:
+        inner = _locate(out[0], depth + 1)
+        return None if inner is None else (inner[0], "tuple")
+    return None
+
+
+def describe_output(out: object) -> str:
+    """What a model returned, for a message: its type, and its keys or items."""
+    name = type(out).__name__
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, Mapping):
+        keys = [str(k) for k in list(out)[:8]]
+        more = ", ..." if len(out) > 8 else ""
+        what = "a dict" if type(out) is dict else f"a {name} (a dict)"
+        return f"{what} with keys [{', '.join(repr(k) for k in keys)}{more}] but neither 'out' nor 'logits'"
+    if isinstance(out, (tuple, list)):
+        if not out:
+            return f"an empty {name}"
+        first = describe_output(out[0])
+        return f"a {name} of {len(out)} items whose first is {first}"
+    return name
+
+
+def logits_of(out: object) -> torch.Tensor:
+    """The logits tensor in a model's output (see :func:`locate_logits`)."""
+    return locate_logits(out)[0]
+
+
+def family_align_corners(model: nn.Module) -> tuple[bool, str]:
+    """The ``align_corners`` a model family upsamples its logits with, and why.
+
+    The rule: a boolean ``align_corners`` attribute on the model or on its
+    ``decode_head`` (mmsegmentation's segmentors and decode heads carry the one
+    their config resizes with) is taken as it is; otherwise False, which is what
+    Hugging Face's ``post_process_semantic_segmentation`` (Segformer, UperNet,
+    DPT, ...), torchvision's segmentation models and segmentation_models_pytorch
+    upsample with.
+
+    Returns:
+        (align_corners, a short reason for the log and messages).
+    """
+    for owner, where in ((model, "the model"), (getattr(model, "decode_head", None), "its decode_head")):
+        value = getattr(owner, "align_corners", None) if owner is not None else None
+        if isinstance(value, bool):
+            return value, f"{where}'s align_corners attribute"
+    path = type(model).__module__
+    family = next(
+        (label for prefix, label in _FAMILIES if path == prefix or path.startswith(prefix + ".")),
+        None,
+    )
+    if family is not None:
+        return False, f"{family}'s rule"
+    return False, "the default (Hugging Face, torchvision and segmentation_models_pytorch use False)"
+
+
+_FAMILIES = (
+    ("transformers", "Hugging Face"),
+    ("torchvision", "torchvision"),
+    ("segmentation_models_pytorch", "segmentation_models_pytorch"),
+    ("edgeseg", "edgeseg's zoo"),
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one forward at the export size says about a model.
+
+    Attributes:
+        num_classes: channels of the logits.
+        output: where the logits were, their scale to the input, and the
+            ``align_corners`` of the upsampling (None at scale (1, 1)).
+        align_reason: why that ``align_corners`` (None at scale (1, 1)).
+    """
+
+    num_classes: int
+    output: OutputRecord
+    align_reason: str | None = None
+
+
+def probe_module(model: nn.Module, spec: ExportSpec, *, align_corners: bool | None = None) -> Probe:
+    """Runs the model once at the export size: its classes, and where and how large its logits are.
+
+    Args:
+        model: the module, in eval mode.
+        spec: the export size and channels.
+        align_corners: for logits smaller than the input, the upsampling's
+            ``align_corners`` (None: :func:`family_align_corners`).
+
+    Raises:
+        ExportError: the forward fails, returns nothing :func:`locate_logits`
+            finds, or logits that are not (1, C, h, w) with h and w dividing the
+            input's height and width (the message gives the sizes that would work).
     """
     h, w = spec.input_size
     x = torch.zeros(1, spec.in_channels, h, w)
     try:
         with torch.no_grad():
-            logits = logits_of(model(x))
+            logits, kind = locate_logits(model(x))
     except ExportError:
         raise
     except Exception as err:  # noqa: BLE001 - user code may raise anything
@@ -147,12 +315,48 @@ def probe_module(model: nn.Module, spec: ExportSpec) -> int:
             f"model forward failed on a (1, {spec.in_channels}, {h}, {w}) float input: "
             f"{type(err).__name__}: {err}"
         ) from err
-    if logits.dim() != 4 or logits.shape[0] != 1 or tuple(logits.shape[2:]) != (h, w):
+    if logits.dim() != 4 or logits.shape[0] != 1:
         raise ExportError(
             f"model returned logits of shape {tuple(logits.shape)} for a (1, {spec.in_channels}, "
-            f"{h}, {w}) input; expected (1, num_classes, {h}, {w}) (upsample the logits to the input size)"
+            f"{h}, {w}) input; expected (1, num_classes, h, w) with h and w the input's size divided "
+            "by an integer"
         )
-    return int(logits.shape[1])
+    lh, lw = int(logits.shape[2]), int(logits.shape[3])
+    if lh < 1 or lw < 1 or h % lh or w % lw:
+        raise ExportError(_factor_message(logits, spec))
+    scale = (h // lh, w // lw)
+    if scale == (1, 1):
+        return Probe(int(logits.shape[1]), OutputRecord(kind=kind))
+    if align_corners is None:
+        align_corners, reason = family_align_corners(model)
+    else:
+        reason = "the align_corners option"
+    return Probe(
+        int(logits.shape[1]),
+        OutputRecord(kind=kind, scale=scale, align_corners=align_corners),
+        reason,
+    )
+
+
+def _factor_message(logits: torch.Tensor, spec: ExportSpec) -> str:
+    """Why logits of this size cannot be upsampled to the input, and the input sizes that would work."""
+    h, w = spec.input_size
+    lh, lw = int(logits.shape[2]), int(logits.shape[3])
+    head = (
+        f"model returned logits of shape {tuple(logits.shape)} for a (1, {spec.in_channels}, {h}, {w}) "
+        f"input: {lh}x{lw} logits for a {h}x{w} input"
+    )
+    if lh > h or lw > w or lh < 1 or lw < 1:
+        return head + "; expected logits at the input size or smaller by an integer factor per axis"
+    fh, fw = max(1, round(h / lh)), max(1, round(w / lw))
+    heights = sorted({max(fh, (h // fh) * fh), -(-h // fh) * fh})
+    widths = sorted({max(fw, (w // fw) * fw), -(-w // fw) * fw})
+    sizes = " or ".join(f"{a}x{b}" for a in heights for b in widths)
+    return (
+        f"{head}, which is not the input divided by an integer per axis ({h}/{lh} and {w}/{lw}); "
+        f"the model looks like it predicts at 1/{fh} x 1/{fw}: input sizes that are multiples of "
+        f"{fh}x{fw} would work, e.g. {sizes}"
+    )
 
 
 def onnx_from_module(model: nn.Module, spec: ExportSpec) -> onnx.ModelProto:
@@ -176,6 +380,11 @@ def onnx_from_module(model: nn.Module, spec: ExportSpec) -> onnx.ModelProto:
             "image": {1: torch.export.Dim("height", min=2, max=8192), 2: torch.export.Dim("width", min=2, max=8192)}
         }
     log.info("exporting %s at %dx%d (dynamo, opset %d)", type(model).__name__, h, w, spec.opset)
+    if spec.logits_scale != (1, 1):
+        log.info(
+            "the logits are 1/%d x 1/%d of the input: the graph upsamples them (bilinear, align_corners=%s)",
+            *spec.logits_scale, spec.align_corners,
+        )
     try:
         with _quiet_exporter():
             program = torch.onnx.export(

@@ -22,17 +22,23 @@ class TorchReference(Reference):
     """The module through the export's own pre- and post-processing, run eagerly.
 
     The same uint8 batch the graph gets goes through :class:`DeployWrapper`
-    (normalisation, logits, argmax), so the comparison measures the
-    conversion, not a different pipeline. A bundle whose CRF is fused into its
-    graph has its mask after the CRF, so the reference's mask is the NumPy
-    CRF's (:func:`converters.crf.crf_reference`) on PyTorch's logits.
+    (normalisation, logits, the upsampling of logits smaller than the input
+    that the manifest's ``model.output`` records, argmax), so the comparison
+    measures the conversion, not a different pipeline. A bundle whose CRF is
+    fused into its graph has its mask after the CRF, so the reference's mask is
+    the NumPy CRF's (:func:`converters.crf.crf_reference`) on PyTorch's logits.
     """
 
     def __init__(self, model: Any, manifest: Manifest) -> None:
         spec = manifest.input
+        output = manifest.model.output
         export = ExportSpec(
             input_size=spec.size, in_channels=spec.channels, mean=spec.mean, std=spec.std,
             simplify=False,
+            # a dynamic bundle is fed other sizes: upsample to the batch's own, as its graph does
+            dynamic=spec.dynamic, multiple_of=spec.multiple_of,
+            logits_scale=output.scale if output is not None else (1, 1),
+            align_corners=bool(output.align_corners) if output is not None else False,
         )
         self.wrapper = DeployWrapper(model, export).eval()
         self.crf = manifest.crf.params if manifest.crf is not None and manifest.crf.mode == "fused" else None

@@ -99,20 +99,28 @@ def test_export_spec_rejects_bad_values(kwargs, message: str) -> None:  # type: 
 def test_probe_reports_bad_models() -> None:
     spec = ExportSpec(input_size=(16, 16))
 
-    class Shrinks(torch.nn.Module):
+    class Shrinks(torch.nn.Module):  # 16 -> 6: not the input divided by an integer
         def forward(self, x):  # type: ignore[no-untyped-def]
-            return x[:, :, ::2, ::2]
+            return x[:, :, :6, :6]
+
+    class Grows(torch.nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.cat([x, x], dim=2)
 
     class Broken(torch.nn.Module):
         def forward(self, x):  # type: ignore[no-untyped-def]
             raise RuntimeError("boom")
 
-    with pytest.raises(ExportError, match=r"logits of shape \(1, 3, 8, 8\).*upsample the logits"):
+    with pytest.raises(ExportError, match=r"6x6 logits for a 16x16 input.*multiples of 3x3.*15x15 or 15x18"):
         probe_module(Shrinks(), spec)
+    with pytest.raises(ExportError, match=r"32x16 logits for a 16x16 input; expected logits at the input size"):
+        probe_module(Grows(), spec)
     with pytest.raises(ExportError, match="model forward failed .*RuntimeError: boom"):
         probe_module(Broken(), spec)
-    assert probe_module(tiny_module(num_classes=6), spec) == 6
-    with pytest.raises(ExportError, match="dict without 'out'"):
+    probe = probe_module(tiny_module(num_classes=6), spec)
+    assert probe.num_classes == 6
+    assert (probe.output.kind, probe.output.scale, probe.output.align_corners) == ("out", (1, 1), None)
+    with pytest.raises(ExportError, match=r"a dict with keys \['aux'\] but neither 'out' nor 'logits'"):
         logits_of({"aux": torch.zeros(1)})
     with pytest.raises(ExportError, match="returned str"):
         logits_of("x")
