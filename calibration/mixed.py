@@ -5,7 +5,11 @@
    masks, relative logit error and, when labels are given, the mIoU drop.
 2. :func:`layer_sensitivity` quantizes one layer at a time (every other layer
    in float) and measures the damage each does alone: the relative logit error
-   on a few images. That is the per-layer sensitivity.
+   on a few images. That is the per-layer sensitivity. The layers are the
+   nodes quantization changes on their own (Q/DQ on their inputs, an integer
+   kernel): ``calibration.quantize.CANDIDATE_OPS``. A MaxPool or a Resize,
+   which only passes int8 through, would rank least sensitive and stay
+   "quantized" while the Convs around it went back to float.
 3. :func:`search_float_layers` quantizes everything, then keeps the most
    sensitive layers in float, 1, 2, 4, ... of them, until the target holds, and
    bisects back to the fewest that meet it. Every step is recorded, so the
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.quantize import CalibrationStats, quantizable_nodes, quantize
+from calibration.quantize import CalibrationStats, quantizable_nodes, quantize, quantized_nodes
 from edgeseg.errors import ConfigError
 from edgeseg.metrics import confusion_matrix, iou_per_class
 from edgeseg.progress import Count, Say
@@ -199,15 +203,25 @@ def layer_sensitivity(
 ) -> list[LayerSensitivity]:
     """Quantizes each candidate layer alone and measures it on ``images`` images.
 
+    Candidates default to :func:`~calibration.quantize.quantizable_nodes`. One that,
+    quantized alone, reads no dequantized input is left out: quantization does not
+    change it, so it has no sensitivity to rank (and keeping it in float would keep
+    nothing in float).
+
     Returns:
-        One entry per candidate, most sensitive (largest logit error) first.
+        One entry per candidate that quantization changes, most sensitive (largest
+        logit error) first.
     """
     names = list(candidates) if candidates is not None else quantizable_nodes(model, placement)
     op_of = {n.name: n.op_type for n in model.graph.node}
     out = []
     for i, name in enumerate(names):
-        figures = evaluator.evaluate(quantize(model, stats, placement=placement, only=[name]), limit=images)
-        out.append(LayerSensitivity(name, op_of.get(name, "?"), figures.logit_error, figures.agreement))
+        alone = quantize(model, stats, placement=placement, only=[name])
+        if name in quantized_nodes(alone):
+            figures = evaluator.evaluate(alone, limit=images)
+            out.append(LayerSensitivity(name, op_of.get(name, "?"), figures.logit_error, figures.agreement))
+        else:
+            log.info("%s (%s): quantized alone it reads no dequantized input; not a candidate", name, op_of.get(name, "?"))
         if progress is not None:
             progress(i + 1, len(names))
     out.sort(key=lambda s: (-s.logit_error, s.agreement))

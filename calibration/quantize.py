@@ -66,9 +66,17 @@ CPU_OPS = (
     "LeakyRelu",
     "Sigmoid",
 )
-# Nodes a user can keep in float one by one (activations fuse into their producer).
-CANDIDATE_OPS = tuple(op for op in CPU_OPS if op not in ("Relu", "Clip", "LeakyRelu"))
-
+# Candidates of the mixed-precision search, per placement: the operators that the placement,
+# quantizing such a node on its own, gives Q/DQ on its inputs and an integer kernel (measured:
+# tests/calibration/test_candidates.py quantizes each operator alone and holds these lists to
+# what ONNX Runtime's quantizer does). Not candidates: MaxPool, AveragePool and Resize, which
+# it quantizes only when their input already is (they pass int8 through, and alone change
+# nothing: ranked least sensitive, they would stay "quantized" while the Convs went back to
+# float), and Relu and Clip, which fold into their quantized producer.
+CANDIDATE_OPS: dict[str, tuple[str, ...]] = {
+    "cpu": (*COMPUTE_OPS, "Add", "Mul", "Concat", "GlobalAveragePool", "LeakyRelu", "Sigmoid"),
+    "tensorrt": TENSORRT_OPS,
+}
 
 
 @dataclass(frozen=True)
@@ -143,10 +151,11 @@ def split_regions(model: onnx.ModelProto) -> Regions:
 
 
 def quantizable_nodes(model: onnx.ModelProto, placement: str) -> list[str]:
-    """Body nodes the placement quantizes and a user may keep in float, in graph order."""
+    """Body nodes the placement quantizes on their own, in graph order: the candidates a
+    mixed-precision search may keep in float (:data:`CANDIDATE_OPS`)."""
     _check_placement(placement)
     body = set(split_regions(model).body)
-    ops = TENSORRT_OPS if placement == "tensorrt" else CANDIDATE_OPS
+    ops = CANDIDATE_OPS[placement]
     return [n.name for n in model.graph.node if n.name in body and n.op_type in ops]
 
 
