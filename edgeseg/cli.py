@@ -578,6 +578,12 @@ def _precision_lines(manifest: Manifest) -> list[str]:
                 f"{quant.placement} placement, {quant.quantized_nodes} nodes quantized, "
                 f"{len(kept)} kept in float" + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else "")
             )
+            share = quant.int8_share
+            if share is not None:
+                text += (
+                    f"; INT8 on {share.share:.1%} of the compute "
+                    f"({_gflops(share.int8_flops)} of {_gflops(share.flops)} GFLOPs)"
+                )
         half = info.fp16
         if half is not None:
             text += f"; {half.fp16_nodes} nodes in fp16, kept fp32: " + ", ".join(
@@ -585,6 +591,12 @@ def _precision_lines(manifest: Manifest) -> list[str]:
             )
         lines.append(text)
     return lines
+
+
+def _gflops(flops: int) -> str:
+    """As calibration.flops.gflops (not imported: ``info`` loads no build-time code)."""
+    value = flops / 1e9
+    return f"{value:.2f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
 
 
 def _crf_settings(items: tuple[str, ...]) -> dict[str, float | int]:
