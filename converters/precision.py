@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from calibration.flops import Int8Share, gflops, int8_share
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
 from calibration.quantize import collect_statistics, quantize, quantized_nodes
 from converters.options import CALIBRATE_CHECK, DEFAULT_EVAL_IMAGES, CheckOptions, QuantOptions
@@ -145,7 +146,8 @@ def lower_precision(
 
     Raises:
         ConfigError: a bad option or calibration set.
-        ParityError: the graph misses the target (with mixed precision too); nothing is kept.
+        ParityError: the graph misses the target (with mixed precision too), or an INT8 graph
+            runs less of the compute in INT8 than ``options.min_int8_share``; nothing is kept.
     """
     tell = say_or_log(say)
     if precision not in ("fp16", "int8"):
@@ -224,6 +226,12 @@ def _int8(
         model = quantize(graph, stats, placement=placement)
         figures, mixed = evaluator.evaluate(model), None
     _enforce("int8", figures, target, eval_set, mixed)
+    share = int8_share(model, spec.size)
+    tell(
+        f"int8 ({placement}): INT8 on {share.share:.1%} of the compute "
+        f"({gflops(share.int8_flops)} of {gflops(share.flops)} GFLOPs)"
+    )
+    _enforce_share(share, opts, target, len(images), mixed)
 
     qdq: dict[str, Any] | None = None
     if opts.placement == "tensorrt":
@@ -246,6 +254,7 @@ def _int8(
             "quantized_nodes": len(quantized_nodes(model)),
             "mixed_precision": mixed.to_json() if mixed is not None else {"enabled": False},
             "kept_float": [s.node for s in mixed.kept_float] if mixed is not None else [],
+            "int8_share": share.to_json(opts.min_int8_share),
             "tensorrt_rules": qdq,
             "trt_cache": {"file": TRT_CACHE_FILE, "header": cache.header(), "tensors": len(cache.scales)},
         },
@@ -276,6 +285,48 @@ def _enforce(
         f"the {precision} graph misses the target{how}: {'; '.join(failures)} against the float graph "
         f"over {len(eval_set.images)} images of {eval_set.source}; nothing was written"
     )
+
+
+def _enforce_share(
+    share: Int8Share, opts: QuantOptions, target: Target, calib_images: int,
+    mixed: MixedPrecision | None = None,
+) -> None:
+    """Refuses an INT8 graph that runs less than ``opts.min_int8_share`` of the compute in INT8."""
+    floor = opts.min_int8_share
+    if floor <= 0 or share.share >= floor:
+        return
+    floats = share.float_nodes()
+    largest = ", ".join(
+        f"{n.name} ({n.op_type}, {n.flops / max(share.flops, 1):.1%} of the FLOPs)" for n in floats[:3]
+    )
+    if mixed is not None and mixed.kept_float:
+        why = (
+            f"mixed precision kept {len(mixed.kept_float)} of {len(mixed.sensitivity)} layers in float "
+            f"to meet the target ({_describe_target(target)})"
+        )
+    elif mixed is None:
+        why = "mixed precision was off: the placement itself left that compute in float"
+    else:
+        why = "no layer was kept in float for accuracy: the placement itself left that compute in float"
+    looser = f"--min-agreement, now {target.min_agreement:.2%}"
+    if target.max_miou_drop is not None:
+        looser += f"; --max-miou-drop, now {target.max_miou_drop:g} points"
+    raise ParityError(
+        f"the int8 graph runs {share.share:.1%} of the model's compute in INT8 "
+        f"({gflops(share.int8_flops)} of {gflops(share.flops)} GFLOPs), below the floor of {floor:.1%} "
+        f"(min_int8_share): {why}; {len(floats)} of {len(share.nodes)} Conv/ConvTranspose/Gemm/MatMul "
+        f"nodes run in float, the largest: {largest}. Nothing was written. Ways out: ship fp16 or fp32 "
+        f"instead (--precision fp16 / fp32), calibrate on a larger set (--calib-size, now {calib_images} "
+        f"images), loosen the target ({looser}), or accept less INT8 "
+        f"(--min-int8-share, now {floor:g}; 0 turns this check off)"
+    )
+
+
+def _describe_target(target: Target) -> str:
+    text = f"agreement >= {target.min_agreement:.2%}"
+    if target.max_miou_drop is not None:
+        text += f", mIoU drop <= {target.max_miou_drop:g} points"
+    return text
 
 
 def _every(what: str, tell: Say, step: int = 25) -> Count:
@@ -317,7 +368,8 @@ def calibrate_bundle(
         make_default: the bundle runs INT8 by default afterwards.
         progress: called with a short message as each step starts.
         **kwargs: instead of ``quant``/``check``, their fields by name (``calib_size``,
-            ``seed``, ``method``, ``placement``, ``mixed_precision``, ``trt_cache_version``;
+            ``seed``, ``method``, ``placement``, ``mixed_precision``, ``trt_cache_version``,
+            ``min_int8_share``;
             ``samples``, ``labels``, ``label_format``, ``ignore_index``, ``num_samples``,
             ``min_agreement``, ``max_miou_drop``).
 
@@ -328,7 +380,8 @@ def calibrate_bundle(
         BundleError: the bundle is missing, altered or has no FP32 graph.
         ConfigError: a bad option or calibration set, an unknown keyword, or ``quant``
             or ``check`` together with their fields as keywords.
-        ParityError: the INT8 graph misses the target; the bundle is left as it was.
+        ParityError: the INT8 graph misses the target, or runs less of the compute in INT8
+            than ``min_int8_share``; the bundle is left as it was.
     """
     from edgeseg.bundle import Bundle, write_bundle
 

@@ -123,6 +123,9 @@ def test_int8_bundle_manifest(request: pytest.FixtureRequest, which: str) -> Non
     assert quant.placement == placement
     assert quant.method == ("entropy" if placement == "cpu" else "minmax")
     assert quant.quantized_nodes >= 2 and isinstance(quant.kept_float, tuple)
+    share = quant.int8_share  # the tiny model's two Convs at 32x48: 165888 + 24576 FLOPs
+    assert share.flops == 190464 and share.floor == 0.5 and 0.5 <= share.share <= 1.0
+    assert share.int8_flops == round(share.share * share.flops)
     assert quant.trt_cache.file == "calibration.cache"
     assert quant.trt_cache.header == "TRT-100300-EntropyCalibration2"
     calibration = quant.calibration
@@ -288,6 +291,87 @@ def test_missed_target_without_mixed_precision_writes_nothing(
     assert not out.with_name("deep.edgeseg").exists() and list(tmp_path.iterdir()) == []
 
 
+DEEP_FLOPS = 1517568  # DeepNet's five Convs at 32x48 (tests/calibration/test_flops.py)
+
+
+def _floor_message(text: str, kept: str) -> None:
+    """The figures and the ways out that a graph below the INT8 floor is refused with."""
+    assert "runs 0.0% of the model's compute in INT8 (0.00 of 0.00152 GFLOPs)" in text
+    assert "below the floor of 50.0% (min_int8_share)" in text
+    assert f"mixed precision kept {kept} layers in float to meet the target (agreement >= 100.00%)" in text
+    assert "5 of 5 Conv/ConvTranspose/Gemm/MatMul nodes run in float, the largest: node_conv2d" in text
+    assert "(Conv, 29.1% of the FLOPs)" in text and "Nothing was written" in text
+    for way in ("--precision fp16 / fp32", "--calib-size, now 16 images", "--min-agreement, now 100.00%",
+                "--min-int8-share, now 0.5; 0 turns this check off"):
+        assert way in text, way
+
+
+def test_int8_below_the_floor_fails_the_build_and_writes_nothing(
+    tmp_path: Path, calib_dir: Path
+) -> None:
+    """An impossible target: the search keeps every Conv in float, which meets it (the float
+    graph agrees with itself), leaving a graph with no INT8 compute; the floor refuses it."""
+    torch.manual_seed(0)
+    out = tmp_path / "deep"
+    with pytest.raises(ParityError, match="below the floor of 50.0%") as err:
+        edgeseg.build(
+            DeepNet().eval(), out, input_size=SIZE, precision="int8", calib=calib_dir,
+            calib_size=16, min_agreement=1.0, num_samples=1,
+        )
+    _floor_message(str(err.value), "5 of 5")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def deep_fp32(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    bundle = edgeseg.build(DeepNet().eval(), tmp_path / "deep", input_size=SIZE, num_samples=1)
+    return bundle.path
+
+
+def test_int8_below_the_floor_fails_calibrate_and_leaves_the_bundle(
+    deep_fp32: Path, calib_dir: Path
+) -> None:
+    before = {p.name: p.read_bytes() for p in deep_fp32.iterdir()}
+    failed = invoke("calibrate", deep_fp32, "--calib", calib_dir, "--calib-size", "16", "--min-agreement", "1.0")
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    _floor_message(" ".join(failed.stderr.split()), "5 of 5")
+    assert {p.name: p.read_bytes() for p in deep_fp32.iterdir()} == before
+
+    # the floor off: the graph is written, and says what it is
+    done = invoke(
+        "calibrate", deep_fp32, "--calib", calib_dir, "--calib-size", "16", "--min-agreement", "1.0",
+        "--min-int8-share", "0",
+    )
+    assert done.exit_code == 0, done.output
+    quant = Bundle.load(deep_fp32).manifest.precisions["int8"].quantization
+    assert quant.int8_share.flops == DEEP_FLOPS and quant.int8_share.int8_flops == 0
+    assert quant.int8_share.share == 0.0 and quant.int8_share.floor == 0.0
+    assert len(quant.kept_float) == 5  # the mixed-precision record stays
+    line = next(x for x in invoke("info", deep_fp32).stdout.splitlines() if x.startswith("int8 "))
+    assert "5 kept in float" in line and "INT8 on 0.0% of the compute (0.00 of 0.00152 GFLOPs)" in line
+
+
+def test_the_floor_itself() -> None:
+    """At the floor passes, below fails (saying why without a search), 0 turns it off."""
+    from calibration.flops import Int8Share, NodeFlops
+    from calibration.mixed import Target as SearchTarget
+    from converters.options import QuantOptions
+    from converters.precision import _enforce_share
+
+    share = Int8Share((NodeFlops("big", "Conv", 600, False), NodeFlops("small", "MatMul", 400, True)))
+    assert share.share == 0.4
+    _enforce_share(share, QuantOptions(min_int8_share=0.4), SearchTarget(0.99), 16)
+    _enforce_share(share, QuantOptions(min_int8_share=0), SearchTarget(0.99), 16)
+    with pytest.raises(ParityError) as err:
+        _enforce_share(share, QuantOptions(min_int8_share=0.41), SearchTarget(0.99, 0.5), 16)
+    text = str(err.value)
+    assert "runs 40.0% of the model's compute in INT8 (4e-07 of 1e-06 GFLOPs), below the floor of 41.0%" in text
+    assert "mixed precision was off: the placement itself left that compute in float" in text
+    assert "1 of 2 Conv/ConvTranspose/Gemm/MatMul nodes run in float, the largest: big (Conv, 60.0% of" in text
+    assert "--min-agreement, now 99.00%; --max-miou-drop, now 0.5 points" in text
+
+
 def test_small_calib_size_holds_frames_out(tmp_path: Path) -> None:
     folder = _write_pngs(tmp_path / "many", 40, seed=15, size=SIZE)
     bundle = edgeseg.build(
@@ -365,6 +449,7 @@ def test_cli_build_zoo_model_int8(tmp_path: Path, calib_dir: Path) -> None:
     assert m.precision == "int8" and m.model.name == "deeplabv3p"
     quant = m.precisions["int8"].quantization
     assert quant.placement == "tensorrt" and quant.tensorrt_rules.ok is True
+    assert quant.int8_share.share >= 0.5 and "% of the compute (" in result.stdout
     assert m.precisions["int8"].target.min_agreement == 0.9
     assert m.precisions["int8"].parity.agreement >= 0.9
 
@@ -428,6 +513,9 @@ def test_cli_info_shows_the_int8_line(calibrated: tuple[Path, Result]) -> None:
     line = next(x for x in info.stdout.splitlines() if x.startswith("int8 "))
     assert "agreement with fp32" in line and "nodes quantized" in line
     assert "tensorrt placement" in line  # calibrate without --placement: the one TensorRT takes too
+    share = Bundle.load(path).manifest.precisions["int8"].quantization.int8_share
+    assert share.flops == 761856 and share.floor == 0.5
+    assert f"; INT8 on {share.share:.1%} of the compute ({share.int8_flops / 1e9:.3g} of 0.000762 GFLOPs)" in line
     data = json.loads(invoke("info", path, "--json").stdout)
     assert data["precisions"]["int8"]["graph"] == "model.int8.onnx"
 
