@@ -691,6 +691,19 @@ def info_cmd(bundle: Path, as_json: bool, no_verify: bool) -> None:
         f"bundle      {loaded.path}  (schema {m.schema_version}, verified: {'no' if no_verify else 'yes'})",
         f"model       {m.model.name} [{m.model.source}] {opts}",
         f"trained     {m.model.trained}" + (f"  weights {m.model.weights.file}" if m.model.weights else ""),
+        *(
+            [
+                f"output      logits from {m.model.output.kind}"
+                + (
+                    f", upsampled x{m.model.output.scale[0]}x{m.model.output.scale[1]} in the graph "
+                    f"(bilinear, align_corners={m.model.output.align_corners})"
+                    if tuple(m.model.output.scale) != (1, 1)
+                    else ""
+                )
+            ]
+            if m.model.output is not None
+            else []
+        ),
         f"classes     {len(m.classes)}: {', '.join(m.classes)}",
         f"input       image {spec.dtype} {spec.layout} {spec.color} "
         f"{'dynamic, nominal ' if spec.dynamic else ''}{spec.size[0]}x{spec.size[1]}"

@@ -617,7 +617,7 @@ class Int8ShareRecord:
     Attributes:
         flops: multiply-accumulates x 2 of every Conv, ConvTranspose, Gemm and MatMul
             (the ops quantization changes), at the bundle's input size.
-        int8_flops: those of them whose inputs are all quantized.
+        int8_flops: those of them whose data input and weights both come from DequantizeLinear.
         share: ``int8_flops / flops``.
         floor: the share the build required (``min_int8_share``).
     """

@@ -302,6 +302,13 @@ def test_the_align_corners_option_reaches_graph_manifest_and_reference(tmp_path:
     assert (mask == torch_mask(model, frame, align_corners=True)).mean() >= 0.999
     assert (mask != torch_mask(model, frame, align_corners=False)).any()  # the option changed something
     assert_parity(bundle.path, model, [frame], max_abs_error=1e-4)
+    from click.testing import CliRunner
+
+    from edgeseg.cli import cli
+
+    info = CliRunner().invoke(cli, ["info", str(bundle.path)])
+    assert info.exit_code == 0, info.output
+    assert "output      logits from out, upsampled x4x4 in the graph (bilinear, align_corners=True)" in info.output
 
 
 @pytest.mark.slow
