@@ -30,7 +30,7 @@ MULTIPLE_OF = 32
 _STAGES = (2, 2, 3, 3, 3)  # convolutions per VGG-16 stage
 _CHANNELS = (64, 128, 256, 512, 512)
 
-__all__ = ["SPECS", "DeconvNet", "SwitchPool", "SwitchUnpool", "build_deconvnet"]
+__all__ = ["SPECS", "DeconvNet", "SwitchPool", "SwitchUnpool", "build_deconvnet", "vgg16_bn_stages"]
 
 
 def _quarters(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,6 +69,18 @@ def _conv_bn(cin: int, cout: int, transposed: bool = False) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def vgg16_bn_stages(in_channels: int, width: float) -> tuple[nn.ModuleList, list[int]]:
+    """VGG-16's five convolution stages with batch normalisation (pools left out), channels
+    scaled by ``width``; and each stage's channels."""
+    channels = [max(1, int(round(c * width))) for c in _CHANNELS]
+    stages = nn.ModuleList()
+    last = in_channels
+    for count, cout in zip(_STAGES, channels, strict=True):
+        stages.append(nn.Sequential(*[_conv_bn(last if i == 0 else cout, cout) for i in range(count)]))
+        last = cout
+    return stages, channels
+
+
 class DeconvNet(nn.Module):
     """DeconvNet: VGG-16 encoder, fc6/fc7, deconv-fc6 and the mirrored unpooling decoder.
 
@@ -81,12 +93,8 @@ class DeconvNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, fc_channels: int = 4096) -> None:
         super().__init__()
-        channels = [max(1, int(round(c * width))) for c in _CHANNELS]
-        self.encoder = nn.ModuleList()
-        last = in_channels
-        for count, cout in zip(_STAGES, channels, strict=True):
-            self.encoder.append(nn.Sequential(*[_conv_bn(last if i == 0 else cout, cout) for i in range(count)]))
-            last = cout
+        self.encoder, channels = vgg16_bn_stages(in_channels, width)
+        last = channels[-1]
         self.pool = SwitchPool()
         self.unpool = SwitchUnpool()
         self.fc = nn.Sequential(

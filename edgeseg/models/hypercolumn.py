@@ -18,21 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseg.errors import ConfigError
+from edgeseg.models.deconvnet import vgg16_bn_stages
 from edgeseg.models.layers import check_spatial_size, init_weights
 from edgeseg.models.registry import ModelSpec
 
 MULTIPLE_OF = 32
-_STAGES = (2, 2, 3, 3, 3)
-_CHANNELS = (64, 128, 256, 512, 512)
 
 __all__ = ["SPECS", "Hypercolumn", "build_hypercolumn"]
-
-
-def _stage(cin: int, cout: int, count: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(count):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
 
 
 class Hypercolumn(nn.Module):
@@ -55,12 +47,8 @@ class Hypercolumn(nn.Module):
         column_channels: int = 512,
     ) -> None:
         super().__init__()
-        channels = [max(1, int(round(c * width))) for c in _CHANNELS]
-        self.stages = nn.ModuleList()
-        last = in_channels
-        for count, cout in zip(_STAGES, channels, strict=True):
-            self.stages.append(_stage(last, cout, count))
-            last = cout
+        self.stages, channels = vgg16_bn_stages(in_channels, width)
+        last = channels[-1]
         self.fc = nn.Sequential(
             nn.Conv2d(last, fc_channels, 7, padding=3),
             nn.BatchNorm2d(fc_channels),
