@@ -57,7 +57,7 @@ from edgeseg.errors import (
     ExportError,
     MissingDependencyError,
 )
-from edgeseg.manifest import EngineRecord, ProfileRecord
+from edgeseg.manifest import EngineRecord, Manifest, ProfileRecord
 from edgeseg.progress import Say, say_or_log
 from edgeseg.runtime.backends.tensorrt_lib import (
     load_plugin_libraries,
@@ -777,25 +777,19 @@ def _add_engine(
             if with_crf and _needs_crf_engine(loaded, info)
             else None
         )
-        entry = EngineRecord(
-            file=name,
-            inspector=inspector,
-            gpu=info.gpu,
-            gpu_name=info.name,
-            sm=info.sm,
-            trt_version=built.trt_version,
+        entry = _engine_record(
+            name,
+            info,
+            built,
+            manifest,
+            graph.name,
+            config,
             precision=precision,
-            graph=graph.name,
-            graph_sha256=manifest.files[graph.name].sha256,
             mode=mode,
             profile=profile,
             dla_core=config.dla_core,
             deform_conv=deform,
             plugins=(PLUGIN_LIBRARY,) if plugins else (),
-            workspace_mb=config.workspace_mb,
-            opt_level=config.opt_level,
-            build_seconds=round(built.seconds, 2),
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         files: dict[str, bytes | Path] = {
             n: loaded.path / n for n in manifest.files if n not in (name, inspector)
@@ -819,6 +813,34 @@ def _add_engine(
             loaded.path, replace(manifest, engines=engines), files, overwrite=True, base=loaded
         )
         return updated, entry
+
+
+def _engine_record(
+    name: str,
+    device: DeviceInfo,
+    built: BuiltEngine,
+    manifest: Manifest,
+    graph: str,
+    config: EngineConfig,
+    **specific: Any,
+) -> EngineRecord:
+    """An engine's record: what every engine records (file, device, TensorRT, the graph and its
+    checksum, build settings and time) and what is ``specific`` to it (precision, mode, profile...)."""
+    return EngineRecord(
+        file=name,
+        inspector=inspector_file_name(name),
+        gpu=device.gpu,
+        gpu_name=device.name,
+        sm=device.sm,
+        trt_version=built.trt_version,
+        graph=graph,
+        graph_sha256=manifest.files[graph].sha256,
+        workspace_mb=config.workspace_mb,
+        opt_level=config.opt_level,
+        build_seconds=round(built.seconds, 2),
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **specific,
+    )
 
 
 def refuse_unacceptable(
@@ -909,22 +931,16 @@ def _crf_engine(loaded: Bundle, device: DeviceInfo, config: EngineConfig, say: S
     )
     name = engine_file_name(device, CRF_PRECISION, stage="crf")
     inspector = inspector_file_name(name)
-    record = EngineRecord(
-        file=name,
-        inspector=inspector,
-        gpu=device.gpu,
-        gpu_name=device.name,
-        sm=device.sm,
-        trt_version=built.trt_version,
+    record = _engine_record(
+        name,
+        device,
+        built,
+        manifest,
+        crf.graph,
+        crf_config,
         precision=CRF_PRECISION,
-        graph=crf.graph,
-        graph_sha256=manifest.files[crf.graph].sha256,
         mode=STRONGLY_TYPED,
         profile=profile,
-        workspace_mb=crf_config.workspace_mb,
-        opt_level=crf_config.opt_level,
-        build_seconds=round(built.seconds, 2),
-        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         stage="crf",
     )
     return _CrfEngine(record, {name: built.plan, inspector: built.layers.encode("utf-8")})
