@@ -288,7 +288,8 @@ def precision_step(
     lowered = lower_precision(
         exported.graph, exported.input, precision, eval_set=eval_set,
         options=options.quant.for_target(options.target),
-        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop, say=say,
+        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop,
+        confidence=check.target_confidence(), say=say,
     )
     say(f"checking the {precision} graph against PyTorch")
     versus_torch = measure_parity(resolved.module, lowered.graph, exported.spec, lowered.eval_set.images)

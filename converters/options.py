@@ -40,6 +40,9 @@ from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 DEFAULT_NUM_CLASSES = 21  # Pascal VOC, torchvision's default for its segmentation models
 DEFAULT_NUM_SAMPLES = 8  # images of the fp32 graph's parity check with PyTorch
 DEFAULT_EVAL_IMAGES = 16  # fewest images an FP16/INT8 graph is judged on
+# An FP16/INT8 graph is judged on the bounds that hold for unseen frames with this confidence
+# (calibration.mixed.bootstrap_bounds), not on the figures of the frames it was judged on.
+DEFAULT_CONFIDENCE = 0.95
 DEFAULT_CALIB_SIZE = 200
 DEFAULT_PLACEMENT = "cpu"
 DEFAULT_MIN_INT8_SHARE = 0.5  # of the model's Conv/ConvTranspose/Gemm/MatMul FLOPs
@@ -186,6 +189,10 @@ class CheckOptions(_Group):
             reference's: the FP32 graph's with PyTorch, an FP16/INT8 graph's with
             the FP32 graph (None: :data:`edgeseg.metrics.DEFAULT_MIN_AGREEMENT` of the precision).
         max_miou_drop: mIoU points an FP16/INT8 graph may lose against FP32 (needs labels).
+        confidence: an FP16/INT8 graph must meet the targets for frames it was not
+            judged on with this confidence: its agreement's lower bound (and its mIoU
+            drop's upper bound) from a bootstrap over the judged frames must meet them.
+            0: judged on the figures themselves, with no margin.
     """
 
     samples: str | os.PathLike[str] | None = None
@@ -195,6 +202,7 @@ class CheckOptions(_Group):
     ignore_index: int | None = None
     min_agreement: float | None = None
     max_miou_drop: float | None = None
+    confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_samples) or self.num_samples < 1:
@@ -215,6 +223,17 @@ class CheckOptions(_Group):
             raise ConfigError(f"max_miou_drop must be >= 0 (mIoU points), got {self.max_miou_drop}")
         if self.labels is not None and self.samples is None:
             raise ConfigError("labels need samples=DIR (--samples): the images they label")
+        if not (
+            isinstance(self.confidence, (int, float)) and not isinstance(self.confidence, bool)
+            and (self.confidence == 0 or 0.5 <= self.confidence < 1)
+        ):
+            raise ConfigError(
+                f"confidence must be 0 (no margin) or in [0.5, 1), e.g. 0.95, got {self.confidence!r}"
+            )
+
+    def target_confidence(self) -> float | None:
+        """The confidence an FP16/INT8 graph's bounds are judged at (None: no margin)."""
+        return float(self.confidence) if self.confidence else None
 
 
 @dataclass(frozen=True)
@@ -519,6 +538,7 @@ def check_palette(palette: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int
 __all__ = [
     "CALIBRATE_CHECK",
     "DEFAULT_CALIB_SIZE",
+    "DEFAULT_CONFIDENCE",
     "DEFAULT_EVAL_IMAGES",
     "DEFAULT_METHOD",
     "DEFAULT_NUM_CLASSES",

@@ -21,7 +21,13 @@ import onnx
 from calibration.flops import Int8Share, gflops, int8_share
 from calibration.mixed import Evaluator, Figures, MixedPrecision, Target, search_float_layers
 from calibration.quantize import collect_statistics, quantize, quantized_nodes
-from converters.options import CALIBRATE_CHECK, DEFAULT_EVAL_IMAGES, CheckOptions, QuantOptions
+from converters.options import (
+    CALIBRATE_CHECK,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_EVAL_IMAGES,
+    CheckOptions,
+    QuantOptions,
+)
 from converters.passes import with_metadata
 from converters.tensorrt import op_types_of
 from edgeseg.bundle import InputSpec
@@ -129,6 +135,7 @@ def lower_precision(
     options: QuantOptions | None = None,
     min_agreement: float | None = None,
     max_miou_drop: float | None = None,
+    confidence: float | None = DEFAULT_CONFIDENCE,
     say: Say | None = None,
 ) -> Lowered:
     """Makes the FP16 or INT8 graph of a float bundle graph and checks it against the target.
@@ -143,6 +150,9 @@ def lower_precision(
         min_agreement: pixel agreement with the float graph the result must reach
             (default 0.995 for fp16, 0.99 for int8).
         max_miou_drop: mIoU points the result may lose (needs labels in ``eval_set``).
+        confidence: judge the graph on the frame-level bootstrap bounds at this
+            confidence, so that the target holds for frames it was not judged on
+            (None: on the figures; see :mod:`calibration.mixed`).
 
     Raises:
         ConfigError: a bad option or calibration set.
@@ -153,7 +163,8 @@ def lower_precision(
     if precision not in ("fp16", "int8"):
         raise ConfigError(f"lower precision must be 'fp16' or 'int8', got {precision!r}")
     target = Target(
-        min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT[precision], max_miou_drop
+        min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT[precision], max_miou_drop,
+        confidence,
     )
     if max_miou_drop is not None and (eval_set is None or eval_set.labels is None):
         raise ConfigError("max_miou_drop needs labelled evaluation images: samples=DIR and labels=DIR")
@@ -171,7 +182,7 @@ def _fp16(graph: onnx.ModelProto, eval_set: EvalSet | None, target: Target, tell
         raise ConfigError("fp16 needs evaluation images")
     tell("converting to fp16 (inputs, outputs and sensitive operators stay fp32)")
     half, info = to_fp16(graph)
-    evaluator = _evaluator(graph, eval_set)
+    evaluator = _evaluator(graph, eval_set, target)
     figures = evaluator.evaluate(half)
     tell(f"fp16 vs fp32 in ONNX Runtime: agreement {figures.agreement:.4%}")
     _enforce("fp16", figures, target, eval_set)
@@ -218,7 +229,7 @@ def _int8(
     assert eval_set is not None
     tell(f"calibrating ({opts.method}) on {len(images)} images")
     stats = collect_statistics(graph, images, method=opts.method, progress=_every("calibrated", tell))
-    evaluator = _evaluator(graph, eval_set)
+    evaluator = _evaluator(graph, eval_set, target)
     if opts.mixed_precision:
         result = search_float_layers(graph, stats, evaluator, target, placement=placement, say=tell)
         model, figures, mixed = result.model, result.figures, result
@@ -263,9 +274,10 @@ def _int8(
     return Lowered("int8", model, record, figures, eval_set, {TRT_CACHE_FILE: cache.to_bytes()})
 
 
-def _evaluator(graph: onnx.ModelProto, eval_set: EvalSet) -> Evaluator:
+def _evaluator(graph: onnx.ModelProto, eval_set: EvalSet, target: Target) -> Evaluator:
     return Evaluator.from_graph(
-        graph, eval_set.images, labels=eval_set.labels, ignore_index=eval_set.ignore_index
+        graph, eval_set.images, labels=eval_set.labels, ignore_index=eval_set.ignore_index,
+        confidence=target.confidence,
     )
 
 
@@ -399,7 +411,8 @@ def calibrate_bundle(
         )
     lowered = lower_precision(
         graph, manifest.input, "int8", eval_set=eval_set, options=quant,
-        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop, say=say,
+        min_agreement=check.min_agreement, max_miou_drop=check.max_miou_drop,
+        confidence=check.target_confidence(), say=say,
     )
     lowered.info["parity"] = lowered.parity()
     name = GRAPH_FILES["int8"]

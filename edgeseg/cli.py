@@ -300,6 +300,14 @@ _int8_options = _option_group(
 )
 
 
+# How sure ``build`` and ``calibrate`` must be that an fp16/int8 graph meets its target on new frames.
+_confidence_option = click.option(
+    "--confidence", type=float, default=None,
+    help="fp16/int8: judge the target on bootstrap bounds that hold for frames not judged on, at this "
+         f"confidence; 0 judges the figures themselves [{_CHECK.confidence}].",
+)
+
+
 # Labels for the evaluation images of ``build`` and ``calibrate``.
 _label_options = _option_group(
     click.option("--labels", type=click.Path(path_type=Path), default=None,
@@ -381,6 +389,7 @@ _AGREEMENT = DEFAULT_MIN_AGREEMENT
                    f"[{_AGREEMENT['fp16']}/{_AGREEMENT['int8']}].")
 @click.option("--max-miou-drop", type=float, default=None,
               help="fp16/int8: mIoU points the graph may lose against fp32 (needs --labels).")
+@_confidence_option
 @_int8_options
 @click.option("--dynamic", is_flag=True, help="Symbolic height and width.")
 @click.option("--opset", type=int, default=_MODEL.opset, show_default=True)
@@ -566,9 +575,15 @@ def _precision_lines(manifest: Manifest) -> list[str]:
         text = f"{precision:<11} {info.graph}"
         par = info.parity
         if par is not None:
+            confidence = info.target.confidence if info.target is not None else None
             text += f": agreement with fp32 {par.agreement:.4%}"
+            if par.agreement_low is not None and confidence is not None:
+                text += f" (>= {par.agreement_low:.4%} on unseen frames, {confidence:.0%} bound)"
             if par.miou_drop is not None and par.miou is not None:
-                text += f", mIoU {100 * par.miou:.2f} (drop {par.miou_drop:.2f} points)"
+                text += f", mIoU {100 * par.miou:.2f} (drop {par.miou_drop:.2f} points"
+                if par.miou_drop_high is not None and confidence is not None:
+                    text += f", <= {par.miou_drop_high:.2f} on unseen frames"
+                text += ")"
             text += f" over {par.samples} images of {par.sample_source}"
         quant = info.quantization
         if quant is not None:
@@ -643,6 +658,7 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 @click.option("--min-agreement", type=float, default=None,
               help=f"Pixel agreement with the fp32 graph the INT8 graph must reach [{_AGREEMENT['int8']}].")
 @click.option("--max-miou-drop", type=float, default=None, help="mIoU points INT8 may lose (needs --labels).")
+@_confidence_option
 @click.option("--keep-precision", is_flag=True,
               help="Keep the bundle's default precision (otherwise it runs int8 by default).")
 def calibrate_cmd(bundle: Path, keep_precision: bool, **given: Any) -> None:

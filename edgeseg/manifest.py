@@ -504,16 +504,23 @@ class Target:
 
     min_agreement: float | None = spec(None, ge=0, le=1)
     max_miou_drop: float | None = spec(None, ge=0)
+    confidence: float | None = spec(None, ge=0.5, le=1, omit_default=True)  # judged on bounds at this confidence
 
 
 @dataclass(frozen=True)
 class Figures:
-    """A graph's figures against the FP32 graph (and, with labels, mIoU)."""
+    """A graph's figures against the FP32 graph (and, with labels, mIoU).
+
+    ``agreement_low`` and ``miou_drop_high`` are the frame-level bootstrap bounds
+    that a target with a ``confidence`` was judged on (absent: judged on the figures).
+    """
 
     agreement: float = spec(ge=0, le=1)
     logit_error: float | None = spec(None, ge=0)
     miou: float | None = spec(None, ge=0, le=1)
     miou_drop: float | None = None
+    agreement_low: float | None = spec(None, ge=0, le=1, omit_default=True)
+    miou_drop_high: float | None = spec(None, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -565,6 +572,8 @@ class SearchStep:
     logit_error: float | None = spec(None, ge=0)
     miou: float | None = spec(None, ge=0, le=1)
     miou_drop: float | None = None
+    agreement_low: float | None = spec(None, ge=0, le=1, omit_default=True)
+    miou_drop_high: float | None = spec(None, omit_default=True)
 
 
 @dataclass(frozen=True)

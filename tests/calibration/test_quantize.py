@@ -591,7 +591,7 @@ def test_target_validation_and_failures() -> None:
     assert target.failures(Figures(0.995, 0.0, 0.5, 0.5)) == []
     misses = target.failures(Figures(0.98, 0.0, 0.5, 2.0))
     assert len(misses) == 2 and "agreement" in misses[0] and "mIoU drop" in misses[1]
-    assert Target().to_json() == {"min_agreement": 0.99, "max_miou_drop": None}
+    assert Target().to_json() == {"min_agreement": 0.99, "max_miou_drop": None, "confidence": None}
 
 
 def test_evaluator_on_the_float_graph(graph: onnx.ModelProto, eval_images: np.ndarray) -> None:
@@ -605,6 +605,28 @@ def test_evaluator_on_the_float_graph(graph: onnx.ModelProto, eval_images: np.nd
     assert limited.agreement == 1.0 and limited.miou is None  # mIoU only over every image
     with pytest.raises(ConfigError, match="one entry per image"):
         Evaluator(eval_images, evaluator.ref_logits[:3])
+
+
+def test_a_search_with_confidence_is_judged_on_the_bound(
+    graph: onnx.ModelProto, stats: CalibrationStats, eval_images: np.ndarray
+) -> None:
+    labels = np.random.default_rng(0).integers(0, 4, (len(eval_images), *SIZE)).astype(np.uint8)
+    plain = Evaluator.from_graph(graph, eval_images, labels=labels)
+    bounded = Evaluator.from_graph(graph, eval_images, labels=labels, confidence=0.95)
+    same = bounded.evaluate(graph)
+    assert same.agreement_low == 1.0 and same.miou_drop_high == 0.0 and same.frames == len(eval_images)
+    assert plain.evaluate(graph).agreement_low is None
+    assert bounded.evaluate(graph, limit=2).agreement_low is None  # the sensitivity's quick look
+    full = bounded.evaluate(quantize(graph, stats, placement="cpu"))
+    assert full.agreement_low is not None and full.agreement_low < full.agreement < 1.0
+    # a target between the bound and the figure: met on the figures, missed on the bound
+    between = (full.agreement_low + full.agreement) / 2
+    assert Target(between).failures(full) == []
+    result = search_float_layers(graph, stats, bounded, Target(between, confidence=0.95), placement="cpu")
+    assert result.steps[0]["kept_float"] == 0 and not result.steps[0]["met"]
+    assert result.steps[0]["agreement_low"] == full.agreement_low
+    if result.met:
+        assert result.figures.agreement_low is not None and result.figures.agreement_low >= between
 
 
 def test_easy_target_keeps_nothing_in_float(

@@ -55,6 +55,7 @@ OLD_DEFAULTS: dict[str, Any] = {
     "label_format": "auto",
     "ignore_index": None,
     "max_miou_drop": None,
+    "confidence": 0.95,  # new: fp16/int8 are judged on bounds that hold for unseen frames
     "trt_cache_version": "10.3.0",
     "min_int8_share": 0.5,  # new: an int8 graph must quantize half the compute
     "align_corners": None,  # new: low-resolution logits follow the model family

@@ -131,7 +131,9 @@ def test_int8_bundle_manifest(request: pytest.FixtureRequest, which: str) -> Non
     calibration = quant.calibration
     assert calibration.kind == "folder" and calibration.image_size == SIZE
     assert isinstance(calibration.used, int) and isinstance(calibration.skipped, int)
-    assert info.target == Target(min_agreement=0.99, max_miou_drop=None)
+    assert info.target == Target(min_agreement=0.99, max_miou_drop=None, confidence=0.95)
+    # judged on the bound for unseen frames, which the figures of the judged frames bear out
+    assert parity.agreement_low is not None and 0.99 <= parity.agreement_low <= parity.agreement
     if placement == "cpu":
         assert parity.samples == 16 and "held out from calibration" in parity.sample_source
         assert calibration.used == 16 and calibration.held_out_for_evaluation == 16
@@ -512,6 +514,8 @@ def test_cli_info_shows_the_int8_line(calibrated: tuple[Path, Result]) -> None:
     assert "graphs      fp32: model.onnx, int8: model.int8.onnx" in info.stdout
     line = next(x for x in info.stdout.splitlines() if x.startswith("int8 "))
     assert "agreement with fp32" in line and "nodes quantized" in line
+    low = Bundle.load(path).manifest.precisions["int8"].parity.agreement_low
+    assert f"(>= {low:.4%} on unseen frames, 95% bound)" in line  # what the target was judged on
     assert "tensorrt placement" in line  # calibrate without --placement: the one TensorRT takes too
     share = Bundle.load(path).manifest.precisions["int8"].quantization.int8_share
     assert share.flops == 761856 and share.floor == 0.5
