@@ -40,8 +40,8 @@ from edgeseg.metrics import DEFAULT_MIN_AGREEMENT
 DEFAULT_NUM_CLASSES = 21  # Pascal VOC, torchvision's default for its segmentation models
 DEFAULT_NUM_SAMPLES = 8  # images of the fp32 graph's parity check with PyTorch
 DEFAULT_EVAL_IMAGES = 16  # fewest images an FP16/INT8 graph is judged on
-# An FP16/INT8 graph is judged on the bounds that hold for unseen frames with this confidence
-# (calibration.mixed.bootstrap_bounds), not on the figures of the frames it was judged on.
+# An FP16/INT8 graph is judged on bounds for frames it was not judged on, at this confidence
+# (calibration.mixed.unseen_bounds), not on the figures of the frames it was judged on.
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_CALIB_SIZE = 200
 DEFAULT_PLACEMENT = "cpu"
@@ -189,10 +189,12 @@ class CheckOptions(_Group):
             reference's: the FP32 graph's with PyTorch, an FP16/INT8 graph's with
             the FP32 graph (None: :data:`edgeseg.metrics.DEFAULT_MIN_AGREEMENT` of the precision).
         max_miou_drop: mIoU points an FP16/INT8 graph may lose against FP32 (needs labels).
-        confidence: an FP16/INT8 graph must meet the targets for frames it was not
-            judged on with this confidence: its agreement's lower bound (and its mIoU
-            drop's upper bound) from a bootstrap over the judged frames must meet them.
-            0: judged on the figures themselves, with no margin.
+        confidence: an FP16/INT8 graph must meet the targets on frames it was not
+            judged on with this confidence: this share of the judged frames must each
+            reach ``min_agreement``, and the mIoU drop's upper bound from a bootstrap
+            over them must stay within ``max_miou_drop``
+            (:func:`calibration.mixed.unseen_bounds`). 0: judged on the figures
+            themselves, with no margin.
     """
 
     samples: str | os.PathLike[str] | None = None

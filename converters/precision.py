@@ -326,7 +326,7 @@ def _enforce_share(
     raise ParityError(
         f"the int8 graph runs {share.share:.1%} of the model's compute in INT8 "
         f"({gflops(share.int8_flops)} of {gflops(share.flops)} GFLOPs), below the floor of {floor:.1%} "
-        f"(min_int8_share): {why}; {len(floats)} of {len(share.nodes)} Conv/ConvTranspose/Gemm/MatMul "
+        f"(min_int8_share): {why}; {len(floats)} of {len(share.nodes)} compute "
         f"nodes run in float, the largest: {largest}. Nothing was written. Ways out: ship fp16 or fp32 "
         f"instead (--precision fp16 / fp32), calibrate on a larger set (--calib-size, now {calib_images} "
         f"images), loosen the target ({looser}), or accept less INT8 "

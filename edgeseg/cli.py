@@ -295,7 +295,7 @@ _int8_options = _option_group(
     click.option("--trt-cache-version", default=None,
                  help=f"TensorRT version in the legacy calibration cache's header [{_QUANT.trt_cache_version}]."),
     click.option("--min-int8-share", type=float, default=None,
-                 help="Fail when less of the model's compute (Conv/Gemm/MatMul FLOPs) runs in INT8 "
+                 help="Fail when less of the model's compute (Conv/Gemm/MatMul/DeformConv FLOPs) runs in INT8 "
                       f"[{_QUANT.min_int8_share}]."),
 )
 
@@ -303,8 +303,8 @@ _int8_options = _option_group(
 # How sure ``build`` and ``calibrate`` must be that an fp16/int8 graph meets its target on new frames.
 _confidence_option = click.option(
     "--confidence", type=float, default=None,
-    help="fp16/int8: judge the target on bootstrap bounds that hold for frames not judged on, at this "
-         f"confidence; 0 judges the figures themselves [{_CHECK.confidence}].",
+    help="fp16/int8: this share of the judged frames must each meet --min-agreement (and the "
+         f"bootstrap bound of the mIoU drop --max-miou-drop); 0 judges the figures [{_CHECK.confidence}].",
 )
 
 
@@ -578,7 +578,7 @@ def _precision_lines(manifest: Manifest) -> list[str]:
             confidence = info.target.confidence if info.target is not None else None
             text += f": agreement with fp32 {par.agreement:.4%}"
             if par.agreement_low is not None and confidence is not None:
-                text += f" (>= {par.agreement_low:.4%} on unseen frames, {confidence:.0%} bound)"
+                text += f" (>= {par.agreement_low:.4%} on {confidence:.0%} of the frames)"
             if par.miou_drop is not None and par.miou is not None:
                 text += f", mIoU {100 * par.miou:.2f} (drop {par.miou_drop:.2f} points"
                 if par.miou_drop_high is not None and confidence is not None:
