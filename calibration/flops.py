@@ -1,14 +1,17 @@
 """How much of a graph's compute runs in INT8.
 
 The compute of a segmentation network is its Conv, ConvTranspose, Gemm and
-MatMul nodes (:data:`FLOP_OPS`, what quantization turns into integer kernels);
-the rest (activations, pooling, resizing, element-wise arithmetic) is a
-rounding error next to them. Each counts 2 FLOPs per multiply-accumulate, at
+MatMul nodes (what quantization turns into integer kernels) and its DeformConv
+nodes (which stay in float: neither ONNX Runtime nor TensorRT has an INT8
+DeformConv), :data:`FLOP_OPS`; the rest (activations, pooling, resizing,
+element-wise arithmetic) is a rounding error next to them. Each counts 2 FLOPs per multiply-accumulate, at
 batch 1 and the bundle's input size (the nominal size of a dynamic graph), as
 ``torch.utils.flop_counter`` counts them (biases are not counted):
 
-* Conv: ``2 * prod(output shape) * prod(weight.shape[1:])`` (in channels per
-  group x kernel, per output element);
+* Conv and DeformConv: ``2 * prod(output shape) * prod(weight.shape[1:])`` (in
+  channels per group x kernel, per output element; DeformConv's bilinear
+  sampling of the input, about 4 reads per kernel tap, is not counted, as
+  torch's counter does not count it);
 * ConvTranspose: ``2 * prod(input shape) * prod(weight.shape[1:])`` (out
   channels per group x kernel, per input element);
 * Gemm: ``2 * M * N * K``; MatMul: ``2 * prod(output shape) * K`` (K: the
@@ -37,7 +40,7 @@ from onnx import TensorProto, helper
 from calibration.quantize import COMPUTE_OPS
 from edgeseg.errors import ExportError
 
-FLOP_OPS = COMPUTE_OPS
+FLOP_OPS = (*COMPUTE_OPS, "DeformConv")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def gflops(flops: int | float) -> str:
 
 
 def node_flops(model: onnx.ModelProto, input_size: tuple[int, int] | None = None) -> dict[str, int]:
-    """FLOPs of each Conv, ConvTranspose, Gemm and MatMul node, by node name (batch 1).
+    """FLOPs of each Conv, DeformConv, ConvTranspose, Gemm and MatMul node, by node name (batch 1).
 
     Args:
         model: any graph (float or Q/DQ); nodes without a name are named ``<op>_<index>``.
@@ -122,7 +125,7 @@ def _compute_nodes(model: onnx.ModelProto) -> list[tuple[str, onnx.NodeProto]]:
 
 def _needed(node: onnx.NodeProto) -> list[str]:
     """The tensors whose shapes a node's FLOPs need."""
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "DeformConv"):
         return [node.output[0], node.input[1]]
     if node.op_type == "ConvTranspose":
         return [node.input[0], node.input[1]]
@@ -131,7 +134,7 @@ def _needed(node: onnx.NodeProto) -> list[str]:
 
 def _flops(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     first, second = (shapes[t] for t in _needed(node))
-    if node.op_type in ("Conv", "ConvTranspose"):  # per output (Conv) or input (ConvTranspose) element
+    if node.op_type in ("Conv", "DeformConv", "ConvTranspose"):  # per output (Conv) or input (ConvTranspose) element
         return 2 * _prod(first) * _prod(second[1:])
     a, y = first, second
     if node.op_type == "Gemm":

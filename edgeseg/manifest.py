@@ -624,8 +624,8 @@ class Int8ShareRecord:
     """How much of the model's compute runs in INT8.
 
     Attributes:
-        flops: multiply-accumulates x 2 of every Conv, ConvTranspose, Gemm and MatMul
-            (the ops quantization changes), at the bundle's input size.
+        flops: multiply-accumulates x 2 of every Conv, DeformConv, ConvTranspose, Gemm and MatMul
+            (the ops quantization changes, and DeformConv, which stays float), at the bundle's input size.
         int8_flops: those of them whose data input and weights both come from DequantizeLinear.
         share: ``int8_flops / flops``.
         floor: the share the build required (``min_int8_share``).

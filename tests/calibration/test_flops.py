@@ -1,4 +1,4 @@
-"""FLOPs of Conv/ConvTranspose/Gemm/MatMul and the share that runs in INT8 (calibration/flops.py).
+"""FLOPs of Conv/DeformConv/ConvTranspose/Gemm/MatMul and the share that runs in INT8 (calibration/flops.py).
 
 Exact figures on hand-made graphs worked out by hand, the same counts as
 PyTorch's FlopCounterMode on exported models, dynamic graphs at the nominal
@@ -96,6 +96,22 @@ def test_flops_of_each_compute_operator() -> None:
     assert share.flops == 17280 + 3456 + 2400 + 140 + 140 + 720 + 1440
     assert share.int8_flops == 0 and share.share == 0.0
     assert [x.name for x in share.float_nodes()][:3] == ["conv", "grouped", "deconv"]
+
+
+def test_deform_conv_counts_as_float_compute() -> None:
+    """DeformConv's GEMM counts like a Conv's, and always in float (no INT8 DeformConv anywhere)."""
+    n = helper.make_node
+    model = _model(
+        [
+            n("DeformConv", ["x", "w", "off"], ["y"], name="dcn", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+            n("Relu", ["y"], ["out"], name="relu"),
+        ],
+        [_float("x", [1, 4, 8, 10]), _float("off", [1, 18, 8, 10])],
+        {"w": (6, 4, 3, 3)},
+    )
+    assert node_flops(model) == {"dcn": 2 * (6 * 8 * 10) * (4 * 3 * 3)}  # 34560
+    share = int8_share(model)
+    assert share.flops == 34560 and share.int8_flops == 0
 
 
 def test_the_planted_graph() -> None:
