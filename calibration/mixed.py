@@ -77,22 +77,24 @@ class Target:
         the bounds are judged: the agreement's lower bound and the mIoU drop's upper one.
         """
         out = []
-        bounded = self.confidence is not None and figures.agreement_low is not None
-        agreement = figures.agreement_low if bounded and figures.agreement_low is not None else figures.agreement
+        confidence = self.confidence if figures.agreement_low is not None else None
+        bounded = confidence is not None
+        agreement = figures.agreement_low if figures.agreement_low is not None and bounded else figures.agreement
         if agreement < self.min_agreement:
-            if bounded:
+            if confidence is not None:
                 out.append(
-                    f"agreement {figures.agreement:.4%}, but {1 - self.confidence:.0%} of the {figures.frames} "
-                    f"frames agree on less than {agreement:.4%}, < {self.min_agreement:.4%}"
+                    f"agreement {figures.agreement:.4%}, but {1 - confidence:.0%} of the {figures.frames} "
+                    f"frames agree on less than {agreement:.4%} (the target: {confidence:.0%} of the frames "
+                    f">= {self.min_agreement:.4%})"
                 )
             else:
                 out.append(f"agreement {figures.agreement:.4%} < {self.min_agreement:.4%}")
         if self.max_miou_drop is not None and figures.miou_drop is not None:
             drop = figures.miou_drop_high if bounded and figures.miou_drop_high is not None else figures.miou_drop
             if drop > self.max_miou_drop:
-                if bounded and figures.miou_drop_high is not None:
+                if confidence is not None and figures.miou_drop_high is not None:
                     out.append(
-                        f"mIoU drop {figures.miou_drop:.2f}, whose upper {self.confidence:.0%} bound is "
+                        f"mIoU drop {figures.miou_drop:.2f}, whose upper {confidence:.0%} bound is "
                         f"{drop:.2f}, > {self.max_miou_drop:.2f} points"
                     )
                 else:

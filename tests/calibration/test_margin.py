@@ -56,7 +56,7 @@ def test_a_target_with_confidence_judges_the_bounds_and_says_so() -> None:
     judged = Figures(0.993, 0.0, 0.6, 0.1, frames=16, agreement_low=0.988, miou_drop_high=0.5)
     misses = target.failures(judged)
     assert len(misses) == 2
-    assert "but 5% of the 16 frames agree on less than 98.8000%, < 99.0000%" in misses[0]
+    assert "but 5% of the 16 frames agree on less than 98.8000% (the target: 95% of the frames >= 99.0000%)" in misses[0]
     assert "upper 95% bound is 0.50" in misses[1]
     assert Target(0.99, 0.3).failures(judged) == []  # no confidence: the figures themselves
     assert Target(0.99, 0.3, confidence=0.95).failures(Figures(0.993, 0.0, 0.6, 0.1)) == []  # no bounds
