@@ -323,6 +323,8 @@ def _enforce_share(
     looser = f"--min-agreement, now {target.min_agreement:.2%}"
     if target.max_miou_drop is not None:
         looser += f"; --max-miou-drop, now {target.max_miou_drop:g} points"
+    if target.confidence is not None:
+        looser += f"; --confidence, now {target.confidence:g}"
     raise ParityError(
         f"the int8 graph runs {share.share:.1%} of the model's compute in INT8 "
         f"({gflops(share.int8_flops)} of {gflops(share.flops)} GFLOPs), below the floor of {floor:.1%} "
@@ -336,6 +338,8 @@ def _enforce_share(
 
 def _describe_target(target: Target) -> str:
     text = f"agreement >= {target.min_agreement:.2%}"
+    if target.confidence is not None:
+        text += f" on {target.confidence:.0%} of the frames"
     if target.max_miou_drop is not None:
         text += f", mIoU drop <= {target.max_miou_drop:g} points"
     return text

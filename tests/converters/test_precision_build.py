@@ -300,10 +300,12 @@ def _floor_message(text: str, kept: str) -> None:
     """The figures and the ways out that a graph below the INT8 floor is refused with."""
     assert "runs 0.0% of the model's compute in INT8 (0.00 of 0.00152 GFLOPs)" in text
     assert "below the floor of 50.0% (min_int8_share)" in text
-    assert f"mixed precision kept {kept} layers in float to meet the target (agreement >= 100.00%)" in text
+    assert f"mixed precision kept {kept} layers in float to meet the target (agreement >= 100.00% on 95% of the " \
+        "frames)" in text
     assert "5 of 5 compute nodes run in float, the largest: node_conv2d" in text
     assert "(Conv, 29.1% of the FLOPs)" in text and "Nothing was written" in text
     for way in ("--precision fp16 / fp32", "--calib-size, now 16 images", "--min-agreement, now 100.00%",
+                "--confidence, now 0.95",
                 "--min-int8-share, now 0.5; 0 turns this check off"):
         assert way in text, way
 
