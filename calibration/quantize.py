@@ -255,7 +255,11 @@ def collect_statistics(
             f"{images.dtype} {images.shape}"
         )
     chunk = max(1, int(chunk))
-    named = name_nodes(model)
+    from converters.passes.int8_cpu import for_cpu_int8
+
+    # The cpu placement's rewrites keep every tensor of the float graph and add a few; calibrating
+    # the rewritten graph gives both placements their ranges.
+    named = for_cpu_int8(name_nodes(model))
     regions = split_regions(named)
     body = set(regions.body)
     ops = sorted(set(CPU_OPS) | set(TENSORRT_OPS))
@@ -332,6 +336,16 @@ def quantize(
     unknown = sorted(set(keep_float) - known) + sorted(set(only or ()) - known)
     if unknown:
         raise ConfigError(f"no node named {', '.join(map(repr, unknown[:5]))} in the graph")
+    if placement == "cpu":
+        # Float-exact rewrites that give ONNX Runtime's CPU kernels an integer path (HardSwish,
+        # HardSigmoid, ReduceMean as pooling, dead dilated taps): converters.passes.int8_cpu.
+        from converters.passes.int8_cpu import derived_ranges, for_cpu_int8
+
+        named = for_cpu_int8(named)
+        regions = split_regions(named)
+        extra = derived_ranges(named, stats.ranges)
+        if extra:
+            stats = CalibrationStats(stats.method, {**stats.ranges, **extra}, stats.images, stats.percentile)
     exclude = sorted(set(regions.float_nodes) | set(keep_float))
     if placement == "cpu":
         kwargs: dict[str, Any] = {
@@ -372,6 +386,10 @@ def quantize(
             **kwargs,
         )
         quantized = onnx.load(str(dst))
+    if placement == "cpu":
+        from converters.passes.int8_cpu import fold_scalar_muls
+
+        quantized = fold_scalar_muls(quantized)
     quantized.producer_name = "edgeseg"
     quantized.doc_string = f"edgeseg int8 ({placement} placement, {stats.method} calibration)"
     if quantized.ir_version > 9:
