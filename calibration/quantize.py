@@ -15,7 +15,11 @@ its calibrators and its QDQ quantizer); this module decides what it is given:
   - ``cpu``: ONNX Runtime's own QDQ placement (uint8 activations, int8
     per-channel weights, Q/DQ around every operator it has an integer kernel
     for), which its graph optimiser fuses into ``QLinearConv`` and friends, so
-    INT8 runs faster than FP32 on a CPU.
+    INT8 runs faster than FP32 on a CPU. Before quantizing, the float graph is
+    rewritten (exactly) into operators that have such kernels
+    (:mod:`converters.passes.int8_cpu`: HardSwish/HardSigmoid as Mul, Add and
+    Clip, ReduceMean as GlobalAveragePool, dilated taps that only read padding
+    dropped); after, a multiplication by a constant between Q/DQ becomes a scale.
   - ``tensorrt``: TensorRT's rules: symmetric int8 with zero point 0,
     per-tensor activations, per-channel weights on the output-channel axis
     (0 for Conv, 1 for ConvTranspose), float weights behind a Q/DQ pair, no
