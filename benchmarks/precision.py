@@ -24,6 +24,20 @@
 Targets (issue 3): INT8 (cpu placement) at least 1.6x faster than FP32; INT8
 mIoU within 0.3 points of FP32 and agreement >= 99 % for both placements.
 Prints a table to stderr and one JSON document to stdout.
+
+    python benchmarks/precision.py --all [--size 256] [--calib-size 16] [--runs 20] [--models deeplabv3 unet]
+        [--tensorrt] [--json out.json]
+
+``--all`` (issue 14): every model of the zoo's registry, read at run time, with each
+backbone its ``backbone`` option offers, FP32 vs INT8 (cpu placement; ``--tensorrt``
+adds the tensorrt placement, which ONNX Runtime runs 2-4x slower than FP32). Each is
+built with random weights (``torch.manual_seed(0)``) at ``--size`` x ``--size``
+(default 256: the whole zoo runs in about 15 minutes on 2 cores, against hours at the
+models' default 512), calibrated (minmax) on ``--calib-size`` camvid/train frames,
+and timed alternately frame by frame in one process on camvid/val frames, as above.
+Per model: FP32 and INT8 median ms, their ratio, INT8's share of the FLOPs, the
+compute nodes left in float and the INT8 masks' agreement with FP32's (on random
+weights, only a sanity check). Target: INT8 >= 1.6x FP32 for every model, never slower.
 """
 
 from __future__ import annotations
@@ -55,19 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--weights", type=Path, default=REPO / ".bench" / "deeplabv3p_camvid.pth")
     parser.add_argument("--train-minutes", type=float, default=12.0, help="budget when training is needed")
-    parser.add_argument("--calib-size", type=int, default=100)
-    parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="entropy")
-    parser.add_argument("--runs", type=int, default=30, help="timed frames per graph")
+    parser.add_argument("--calib-size", type=int, default=None, help="default 100 (--all: 16)")
+    parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default=None,
+                        help="default entropy (--all: minmax)")
+    parser.add_argument("--runs", type=int, default=None, help="timed frames per graph, default 30 (--all: 20)")
     parser.add_argument("--strict-agreement", type=float, default=0.995,
                         help="extra mixed-precision run of the tensorrt placement at this agreement")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--all", action="store_true", help="every zoo model, FP32 vs INT8 (see above)")
+    parser.add_argument("--size", type=int, default=256, help="--all: input height and width")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="--all: only these (a registry name, or name:backbone)")
+    parser.add_argument("--tensorrt", action="store_true", help="--all: time the tensorrt placement too")
     args = parser.parse_args(argv)
+    args.calib_size = args.calib_size or (16 if args.all else 100)
+    args.method = args.method or ("minmax" if args.all else "entropy")
+    args.runs = args.runs or (20 if args.all else 30)
     if args.runs < 20:
         parser.error("--runs must be >= 20 for a meaningful median")
     camvid = args.data / "camvid"
     for sub in ("train", "val", "valannot"):
         if not (camvid / sub).is_dir():
             parser.error(f"{camvid / sub} is missing (see ../shared/data/README.md)")
+    if args.all:
+        return run_all(args, camvid)
 
     import onnx
     import torch
@@ -79,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     from calibration.quantize import collect_statistics, quantize, quantized_nodes
     from calibration.sets import load_calibration_set
     from converters.precision import load_eval_set
-    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
     torch.set_num_threads(os.cpu_count() or 1)
     if not args.weights.is_file():
         say(f"{args.weights} is missing: training for {args.train_minutes} minutes first")
@@ -168,21 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             }
 
         say(f"latency: {args.runs} frames per graph, alternating")
-        backends = {}
-        for name, graph in graphs.items():
-            path = Path(tmp) / f"{name.replace('@', '_')}.onnx"
-            onnx.save(graph, str(path))
-            backends[name] = OnnxRuntimeBackend(path)
-        times: dict[str, list[float]] = {name: [] for name in graphs}
-        frames = [val.images[i % len(val.images)][None] for i in range(args.runs + 3)]
-        for i, frame in enumerate(frames):
-            for name, backend in backends.items():
-                t0 = time.perf_counter()
-                backend.infer({"image": frame}, ["mask"])
-                if i >= 3:  # warm-up
-                    times[name].append(1000.0 * (time.perf_counter() - t0))
-        for backend in backends.values():
-            backend.close()
+        times, _ = time_alternating(graphs, val.images, args.runs, Path(tmp))
         base = statistics.median(times["fp32"])
         for name in graphs:
             median = statistics.median(times[name])
@@ -218,6 +227,176 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 0
+
+
+def zoo_variants(specs: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, registry name, options) of every model of the registry, once with its default
+    options and once more with each other value of its ``backbone`` option."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for spec in specs:
+        out.append((spec.name, spec.name, {}))
+        default = spec.options.get("backbone")
+        if default is not None:
+            out[-1] = (f"{spec.name}:{default}", spec.name, {})
+            for backbone in spec.choices.get("backbone", ()):
+                if backbone != default:
+                    out.append((f"{spec.name}:{backbone}", spec.name, {"backbone": backbone}))
+    return out
+
+
+def run_all(args: argparse.Namespace, camvid: Path) -> int:
+    """``--all``: every zoo model FP32 vs INT8, one table and one JSON document."""
+    import torch
+
+    from edgeseg.errors import EdgesegError
+    from edgeseg.models.registry import list_models
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    variants = zoo_variants(list_models())
+    if args.models:
+        wanted = set(args.models)
+        variants = [v for v in variants if v[0] in wanted or v[1] in wanted]
+    say(f"{len(variants)} models at {args.size}x{args.size}: {', '.join(v[0] for v in variants)}")
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for label, name, options in variants:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="edgeseg-precision-all-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                row = _bench_model(args, camvid, name, options, Path(tmp))
+            except (EdgesegError, RuntimeError, ValueError, MemoryError) as err:  # report it, go on
+                row = {"error": f"{type(err).__name__}: {err}"}
+        row = {"model": label, "name": name, "options": options, **row, "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        if "error" in row:
+            say(f"{label}: failed: {row['error']}")
+        else:
+            say(f"{label}: fp32 {row['fp32_ms']:.1f} ms, int8 {row['int8_ms']:.1f} ms, "
+                f"x{row['speedup']:.2f} ({row['seconds']:.0f} s)")
+    measured = [r for r in rows if "error" not in r]
+    out = {
+        "settings": {"input_size": [args.size, args.size], "calib_size": args.calib_size, "method": args.method,
+                     "runs": args.runs, "weights": "random (torch.manual_seed(0))", "placement": "cpu",
+                     "threads": os.cpu_count()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "target": {"int8_speedup": TARGET_SPEEDUP, "never_slower": True},
+        "models": rows,
+        "verdict": {
+            "meet_target": [r["model"] for r in measured if r["speedup"] >= TARGET_SPEEDUP],
+            "miss_target": [r["model"] for r in measured if r["speedup"] < TARGET_SPEEDUP],
+            "slower_than_fp32": [r["model"] for r in measured if r["speedup"] < 1.0],
+            "failed": [r["model"] for r in rows if "error" in r],
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    print_all_table(rows)
+    text = json.dumps(out, indent=2, default=float)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+def _bench_model(
+    args: argparse.Namespace, camvid: Path, name: str, options: dict[str, Any], tmp: Path
+) -> dict[str, Any]:
+    import numpy as np
+    import onnx
+    import torch
+
+    import edgeseg
+    from calibration.flops import int8_share
+    from calibration.quantize import collect_statistics, quantize
+    from calibration.sets import load_calibration_set
+    from converters.precision import load_eval_set
+
+    torch.manual_seed(0)
+    bundle = edgeseg.build(
+        name, tmp / "model", num_classes=len(CAMVID_CLASSES), input_size=(args.size, args.size),
+        options=options, outputs=("mask", "logits"), num_samples=1,
+    )
+    spec = bundle.manifest.input
+    fp32 = onnx.load(str(bundle.graph("fp32")))
+    calib = load_calibration_set(camvid / "train", spec, size=args.calib_size, seed=0)
+    stats = collect_statistics(fp32, calib.images, method=args.method)
+    graphs: dict[str, Any] = {"fp32": fp32, "int8-cpu": quantize(fp32, stats, placement="cpu")}
+    if args.tensorrt:
+        graphs["int8-tensorrt"] = quantize(fp32, stats, placement="tensorrt")
+    share = int8_share(graphs["int8-cpu"], spec.size)
+    frames = load_eval_set(camvid / "val", spec, limit=8).images
+    times, masks = time_alternating(graphs, frames, args.runs, tmp)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    agreement = float(np.mean([np.mean(a == b) for a, b in zip(masks["fp32"], masks["int8-cpu"], strict=True)]))
+    row: dict[str, Any] = {
+        "fp32_ms": medians["fp32"],
+        "int8_ms": medians["int8-cpu"],
+        "speedup": medians["fp32"] / medians["int8-cpu"],
+        "int8_flop_share": share.share,
+        "gflops": share.flops / 1e9,
+        "kept_float": [{"node": n.name, "op_type": n.op_type, "flops_share": n.flops / max(share.flops, 1)}
+                       for n in share.float_nodes()],
+        "agreement_with_fp32": agreement,
+    }
+    if args.tensorrt:
+        row["int8_tensorrt_ms"] = medians["int8-tensorrt"]
+        row["tensorrt_speedup"] = medians["fp32"] / medians["int8-tensorrt"]
+    return row
+
+
+def print_all_table(rows: list[dict[str, Any]]) -> None:
+    head = (f"{'model':<30} {'fp32 ms':>8} {'int8 ms':>8} {'x fp32':>7} {'int8 FLOPs':>10} "
+            f"{'agree':>7}  kept float")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['model']:<30} failed: {r['error'][:80]}")
+            continue
+        kept = r["kept_float"]
+        names = ", ".join(f"{k['node']} ({k['op_type']})" for k in kept[:3]) + (" ..." if len(kept) > 3 else "")
+        flag = "" if r["speedup"] >= TARGET_SPEEDUP else ("  < 1.0x!" if r["speedup"] < 1.0 else "  < 1.6x")
+        lines.append(
+            f"{r['model']:<30} {r['fp32_ms']:8.1f} {r['int8_ms']:8.1f} {r['speedup']:7.2f} "
+            f"{100 * r['int8_flop_share']:9.1f}% {100 * r['agreement_with_fp32']:6.2f}%  "
+            f"{len(kept)}{': ' + names if kept else ''}{flag}"
+        )
+    say("\n" + "\n".join(lines))
+
+
+def time_alternating(
+    graphs: dict[str, Any], images: Any, runs: int, folder: Path, warmup: int = 3
+) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+    """Latency of each graph in ONNX Runtime (the runtime's backend, uint8 frame in, mask out),
+    timed alternately frame by frame in one process so the machine's noise falls on all alike.
+
+    Returns each graph's ``runs`` times in ms (after ``warmup`` frames) and its masks of the
+    first ``len(images)`` frames.
+    """
+    import onnx
+
+    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    backends = {}
+    for name, graph in graphs.items():
+        path = folder / f"{name.replace('@', '_').replace('/', '_')}.onnx"
+        onnx.save(graph, str(path))
+        backends[name] = OnnxRuntimeBackend(path)
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    masks: dict[str, list[Any]] = {name: [] for name in graphs}
+    frames = [images[i % len(images)][None] for i in range(runs + warmup)]
+    try:
+        for i, frame in enumerate(frames):
+            for name, backend in backends.items():
+                t0 = time.perf_counter()
+                out = backend.infer({"image": frame}, ["mask"])
+                if i >= warmup:
+                    times[name].append(1000.0 * (time.perf_counter() - t0))
+                if i < len(images):
+                    masks[name].append(out["mask"])
+    finally:
+        for backend in backends.values():
+            backend.close()
+    return times, masks
 
 
 def print_table(results: dict[str, dict[str, Any]], classes: Any) -> None:
