@@ -683,6 +683,52 @@ def calibrate_cmd(bundle: Path, keep_precision: bool, **given: Any) -> None:
         click.echo(line)
 
 
+@cli.command("crf-tune")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), required=True,
+              help="Folder of frames to tune on (each with a label of the same name and size).")
+@click.option("--labels", type=click.Path(path_type=Path), required=True, help="Folder of their label images.")
+@click.option("--label-format", type=click.Choice(LABEL_FORMATS), default="auto", show_default=True)
+@click.option("--ignore-index", type=int, default=None, help="Label id left out of the mIoU (CamVid: 11).")
+@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Tune on at most this many frames, spread over the folder.")
+@click.option("--trials", "--budget", "budget", type=click.IntRange(min=1), default=40, show_default=True,
+              help="CRF evaluations at most (each runs the CRF on every frame).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which frames --limit picks.")
+@click.option("--dry-run", is_flag=True, help="Search and report; leave the bundle as it is.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def crf_tune_cmd(bundle: Path, images: Path, labels: Path, label_format: str, ignore_index: int | None,
+                 limit: int, budget: int, seed: int, dry_run: bool, as_json: bool) -> None:
+    """Tune a bundle's CRF kernel weights and widths on labelled frames and write them in.
+
+    A bounded coordinate search from the current settings over w_bilateral, theta_alpha,
+    theta_beta, w_gaussian and theta_gamma; iterations, window and downsample (the CRF's
+    cost) stay as built.
+    """
+    _check_input(images, "--images")
+    _check_input(labels, "--labels")
+    from converters.crf_tune import tune_bundle
+
+    start = time.perf_counter()
+    result = tune_bundle(
+        bundle, images, labels, ignore_index=ignore_index, label_format=label_format, limit=limit,
+        budget=budget, seed=seed, dry_run=dry_run, progress=_say,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    r = result.record
+    settings = ", ".join(f"{k}={v:g}" for k, v in result.search.best.to_json().items())
+    click.echo(
+        f"{'tuned (dry run, not written)' if dry_run else 'tuned'} {result.bundle.path} in "
+        f"{time.perf_counter() - start:.1f}s on {r.frames} frames, {r.evaluations} evaluations: mIoU "
+        f"{100 * r.miou_model:.2f} (model) -> {100 * r.miou_before:.2f} (CRF as it was) -> "
+        f"{100 * r.miou_after:.2f} (tuned), on the tuning frames"
+    )
+    click.echo(f"crf         {settings}")
+
+
 @cli.command("info")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")

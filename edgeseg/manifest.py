@@ -486,12 +486,38 @@ class CRFParams:
 
 
 @dataclass(frozen=True)
+class CrfTuningRecord:
+    """How ``edgeseg crf-tune`` chose the CRF's kernel settings: on which labelled frames, from
+    which settings, with how many CRF evaluations, and the mIoU (void ignored) on those frames.
+
+    The figures are measured on the frames the settings were tuned on, so they overstate
+    what new frames gain; ``benchmarks/crf_tune.py`` scores tuned settings on held-out frames.
+    """
+
+    images: str
+    labels: str
+    frames: int = spec(ge=1)
+    budget: int = spec(ge=1)  # CRF evaluations allowed
+    evaluations: int = spec(ge=1)  # CRF evaluations made (one is a CRF run over every frame)
+    miou_model: float = spec(ge=0, le=1)  # the model's masks, without the CRF
+    miou_before: float = spec(ge=0, le=1)  # with the CRF at ``previous``
+    miou_after: float = spec(ge=0, le=1)  # with the CRF at the tuned settings
+    previous: CRFParams = spec(default_factory=CRFParams)
+    tuned: tuple[str, ...] = ()  # the settings the search moved; the others stayed as they were
+    ignore_index: int | None = spec(None, ge=0, le=255)
+    seed: int = spec(0, ge=0)
+    logits: str = spec("fp32", choices=PRECISIONS)  # which of the bundle's graphs gave the logits
+
+
+@dataclass(frozen=True)
 class CrfRecord:
-    """The dense-CRF stage: its own graph (``separate``) or fused into the model's."""
+    """The dense-CRF stage: its own graph (``separate``) or fused into the model's, and
+    how its settings were tuned (``tuning``; absent unless ``edgeseg crf-tune`` ran)."""
 
     mode: str = spec(choices=CRF_MODES)
     params: CRFParams = spec(default_factory=CRFParams)
     graph: str | None = None
+    tuning: CrfTuningRecord | None = spec(None, omit_default=True)
 
     def _check(self, where: str) -> None:
         if self.mode == "separate" and self.graph is None:
@@ -967,6 +993,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CRFParams",
     "CrfRecord",
+    "CrfTuningRecord",
     "EngineRecord",
     "FileRecord",
     "InputSpec",
