@@ -17,6 +17,8 @@ DequantizeLinear and a QuantizeLinear. Profiled on DeepLabV3-MobileNetV3 (256x25
 * **ReduceMean over H and W** (how the exporter writes the SE blocks' and the
   ASPP's ``adaptive_avg_pool2d(1)``) has no integer kernel either;
   :func:`reduce_mean_to_global_pool` makes it the GlobalAveragePool it is.
+* **ConvTranspose** has no integer kernel; :func:`stride1_deconv_to_conv` makes the
+  stride-1 ones (DeconvNet's decoder, whose INT8 graph ran at 1.04x FP32) Convs.
 * **Dilated convolutions whose outer taps only ever read padding** (the ASPP's
   rates 12/24/36 on a 16x16 or 32x32 feature map): ONNX Runtime's float NCHWc
   kernels skip padded taps, its QLinearConv (im2col + GEMM) computes all nine.
@@ -255,9 +257,60 @@ def widen_channel_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def stride1_deconv_to_conv(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ConvTransposes with stride 1 (DeconvNet's decoder) as the Convs they are.
+
+    ONNX Runtime's CPU provider has no integer ConvTranspose (its QDQ fusions
+    cover Conv, not ConvTranspose): a quantized one runs in float behind
+    DequantizeLinears, weights included, on every frame. With stride 1 and no
+    dilation, output padding or ``output_shape``, a ConvTranspose is a Conv
+    with the kernel flipped, its input and output channels swapped (per group)
+    and padding ``k - 1 - p``; it keeps its name, output and bias. Others are left.
+    """
+    out = _copy(model)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    names = set(inits)
+    converted = 0
+    for node in graph.node:
+        if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.ndim != 4:
+            continue
+        k = list(weight.shape[2:])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if (
+            any(v != 1 for v in attrs.get("strides", [1, 1]))
+            or any(v != 1 for v in attrs.get("dilations", [1, 1]))
+            or any(v != 0 for v in attrs.get("output_padding", [0, 0]))
+            or "output_shape" in attrs
+            or str(attrs.get("auto_pad", b"NOTSET")) not in ("NOTSET", "b'NOTSET'")
+            or any(p > k[i % 2] - 1 for i, p in enumerate(pads))
+        ):
+            continue
+        group = int(attrs.get("group", 1))
+        cin, cout_g = weight.shape[:2]
+        w = weight.reshape(group, cin // group, cout_g, *k).transpose(0, 2, 1, 3, 4)
+        w = np.ascontiguousarray(w.reshape(group * cout_g, cin // group, *k)[:, :, ::-1, ::-1])
+        name = _unique(names, f"{node.input[1]}/as_conv")
+        graph.initializer.append(numpy_helper.from_array(w, name))
+        node.input[1] = name
+        node.op_type = "Conv"
+        conv = {"kernel_shape": k, "pads": [k[i % 2] - 1 - p for i, p in enumerate(pads)], "group": group}
+        del node.attribute[:]
+        node.attribute.extend(helper.make_attribute(key, v) for key, v in conv.items())
+        converted += 1
+    if converted:
+        log.debug("%d stride-1 ConvTransposes became Convs", converted)
+        out = _prune(out)
+    return out
+
+
 def for_cpu_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """All of this module's float rewrites, in the order the cpu placement applies them."""
-    model = decompose_hard_activations(model)
+    model = stride1_deconv_to_conv(decompose_hard_activations(model))
     model = reduce_mean_to_global_pool(model)
     return widen_channel_constants(trim_dead_taps(model))
 

@@ -24,6 +24,7 @@ from converters.passes.int8_cpu import (
     fold_scalar_muls,
     for_cpu_int8,
     reduce_mean_to_global_pool,
+    stride1_deconv_to_conv,
     trim_dead_taps,
     widen_channel_constants,
 )
@@ -230,3 +231,37 @@ def test_a_scalar_mul_between_qdq_becomes_a_scale() -> None:
     assert np.abs(out - ref).max() <= 0.05 * 1.07 / 6.0  # within one step of the requantized graph
     # a negative constant would flip the order of the codes: left alone
     assert _ops(fold_scalar_muls(_qdq_mul_graph(-0.5))) == _ops(_qdq_mul_graph(-0.5))
+
+
+def deconv_graph() -> onnx.ModelProto:
+    """ConvTransposes as DeconvNet's decoder (3x3 and 7x7, stride 1, bias; one grouped) and
+    as an upsampling (stride 2, left alone)."""
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    inits = [
+        _w("d1", (8, 6, 3, 3), rng), _c("b1", rng.normal(size=6)), _w("d2", (6, 4, 7, 7), rng),
+        _w("d3", (4, 2, 3, 3), rng), _w("up", (4, 4, 2, 2), rng),
+    ]
+    nodes = [
+        n("ConvTranspose", ["x", "d1", "b1"], ["y1"], name="deconv3", pads=[1, 1, 1, 1]),
+        n("ConvTranspose", ["y1", "d2"], ["y2"], name="deconv7", pads=[3, 2, 3, 1]),
+        n("ConvTranspose", ["y2", "d3"], ["y3"], name="grouped", pads=[1, 1, 1, 1], group=2),
+        n("ConvTranspose", ["y3", "up"], ["y"], name="upsample", strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "deconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+def test_stride1_deconvolutions_become_convolutions() -> None:
+    model = deconv_graph()
+    converted = stride1_deconv_to_conv(model)
+    assert {n.name: n.op_type for n in converted.graph.node} == {
+        "deconv3": "Conv", "deconv7": "Conv", "grouped": "Conv", "upsample": "ConvTranspose",
+    }
+    x = np.random.default_rng(0).normal(size=(1, 8, 12, 10)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    ref = run(model)
+    np.testing.assert_allclose(run(converted), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
