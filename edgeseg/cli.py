@@ -63,7 +63,7 @@ log = logging.getLogger("edgeseg")
 # The zoo's model names, so that `build --model` is checked before torch is imported:
 # edgeseg.models.registry imports torch at its top. tests/test_cli.py holds this equal to the
 # registry's names.
-ZOO_MODELS = ("deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "hypercolumn", "unet")
+ZOO_MODELS = ("deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "frrn", "hypercolumn", "unet")
 
 
 class _Group(click.Group):

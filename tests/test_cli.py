@@ -265,7 +265,7 @@ REFUSED_BEFORE_WORK = [
     (["parity", "{bundle}", "--images", "{tmp}/nothing"], "--images {tmp}/nothing does not exist"),
     (["parity", "{tmp}/nothing.edgeseg", "--images", "{images}"], "bundle {tmp}/nothing.edgeseg does not exist"),
     (["build", "--model", "segformer"],
-     "unknown model 'segformer'; valid: deconvnet, deeplabv3, deeplabv3p, fcn16s, fcn32s, fcn8s, hypercolumn, unet"),
+     "unknown model 'segformer'; valid: deconvnet, deeplabv3, deeplabv3p, fcn16s, fcn32s, fcn8s, frrn, hypercolumn, unet"),
     (["build", "--model", "unet", "--out", "/proc/x"], "--out /proc/x.edgeseg: cannot create files in /proc"),
     (["build", "--model", "unet", "--out", "{bundle}"], "--out {bundle} already exists; pass --force to replace it"),
     (["build", "--model", "unet", "--out", "{plain_edgeseg}", "--force"],

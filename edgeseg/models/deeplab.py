@@ -5,10 +5,12 @@
 and returns a tensor instead of a dict. Its ``backbone.*`` / ``classifier.*``
 keys are torchvision's, so torchvision checkpoints load into it.
 
-``deeplabv3p`` is DeepLabV3+ with a MobileNetV2 or ResNet-50 backbone at
-output stride 16 or 8, an ASPP with depthwise-separable atrous branches and
-the DeepLabV3+ decoder (stride-4 low-level features). Backbone keys follow
-torchvision's ``mobilenet_v2().features`` / ``resnet50()`` under ``backbone.``.
+``deeplabv3p`` is DeepLabV3+ with a MobileNetV2, ResNet-50, EfficientNet-B0,
+DenseNet-121 or GoogLeNet backbone (the last three in
+:mod:`edgeseg.models.backbones`) at output stride 16 or 8, an ASPP with
+depthwise-separable atrous branches and the DeepLabV3+ decoder (stride-4
+low-level features). Backbone keys follow torchvision's
+``mobilenet_v2().features`` / ``resnet50()`` / ... under ``backbone.``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
 from edgeseg.errors import ConfigError
+from edgeseg.models.backbones import DenseNet121Backbone, EfficientNetB0Backbone, GoogLeNetBackbone
 from edgeseg.models.layers import (
     BilinearConvTranspose2d,
     ConvBNReLU,
@@ -32,6 +35,7 @@ from edgeseg.models.layers import (
     check_spatial_size,
     init_weights,
     make_deformable,
+    replace_first_conv,
 )
 from edgeseg.models.registry import ModelSpec
 
@@ -50,24 +54,6 @@ __all__ = [
     "build_deeplabv3",
     "build_deeplabv3p",
 ]
-
-
-def _replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A Kaiming-initialised copy of ``conv``'s configuration with ``in_channels`` inputs."""
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
-        groups=1,
-        bias=conv.bias is not None,
-    )
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-    if new.bias is not None:
-        nn.init.zeros_(new.bias)
-    return new
 
 
 # --------------------------------------------------------------------------- deeplabv3
@@ -110,13 +96,13 @@ class DeepLabV3(nn.Module):
         self.classifier = net.classifier
         if backbone == "resnet50":
             if in_channels != 3:
-                self.backbone.conv1 = _replace_first_conv(self.backbone.conv1, in_channels)
+                self.backbone.conv1 = replace_first_conv(self.backbone.conv1, in_channels)
             if deformable:
                 make_deformable(self.backbone.layer4)
         else:
             stem = self.backbone["0"]
             if in_channels != 3:
-                stem[0] = _replace_first_conv(stem[0], in_channels)
+                stem[0] = replace_first_conv(stem[0], in_channels)
             if deformable:
                 blocks = list(self.backbone.children())
                 last_stage = max(i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False))
@@ -159,6 +145,7 @@ class MobileNetV2Backbone(nn.Module):
     """
 
     low_index = 3
+    deformable_kernel_sizes = (3,)
 
     def __init__(self, in_channels: int = 3, width: float = 1.0, output_stride: int = 16) -> None:
         super().__init__()
@@ -166,7 +153,7 @@ class MobileNetV2Backbone(nn.Module):
         self.features = nn.Sequential(*list(features.children())[:-1])
         if in_channels != 3:
             stem = cast(nn.Sequential, self.features[0])
-            stem[0] = _replace_first_conv(cast(nn.Conv2d, stem[0]), in_channels)
+            stem[0] = replace_first_conv(cast(nn.Conv2d, stem[0]), in_channels)
         self._dilate(output_stride)
         self.low_channels = int(cast(InvertedResidual, self.features[self.low_index]).out_channels)
         self.high_channels = int(cast(InvertedResidual, self.features[-1]).out_channels)
@@ -220,12 +207,13 @@ class ResNet50Backbone(nn.Module):
 
     low_channels = 256
     high_channels = 2048
+    deformable_kernel_sizes = (3,)
 
     def __init__(self, in_channels: int = 3, output_stride: int = 16) -> None:
         super().__init__()
         dilate = [False, False, True] if output_stride == 16 else [False, True, True]
         net = resnet50(weights=None, replace_stride_with_dilation=dilate)
-        self.conv1 = net.conv1 if in_channels == 3 else _replace_first_conv(net.conv1, in_channels)
+        self.conv1 = net.conv1 if in_channels == 3 else replace_first_conv(net.conv1, in_channels)
         self.bn1 = net.bn1
         self.relu = net.relu
         self.maxpool = net.maxpool
@@ -313,9 +301,11 @@ class DeepLabV3Plus(nn.Module):
     Args:
         num_classes: Output classes.
         in_channels: Input channels.
-        backbone: ``"mobilenet_v2"`` or ``"resnet50"``.
+        backbone: ``"mobilenet_v2"``, ``"resnet50"``, ``"efficientnet_b0"``,
+            ``"densenet121"`` or ``"googlenet"`` (torchvision's, dilated to the
+            output stride; see :mod:`edgeseg.models.backbones`).
         output_stride: 16 or 8.
-        width: MobileNetV2 width multiplier (must be 1.0 for ResNet-50).
+        width: MobileNetV2 width multiplier (must be 1.0 for the other backbones).
         aspp_channels: Channels of ASPP and decoder.
         upsample: ``"bilinear"`` or ``"transposed"`` (learnable, bilinear-
             initialised transposed convs: depthwise on the ASPP features,
@@ -346,15 +336,29 @@ class DeepLabV3Plus(nn.Module):
             raise ConfigError(f"deeplabv3p: unknown upsample {upsample!r}")
         if not (isinstance(deformable, bool) or deformable in ("backbone", "aspp")):
             raise ConfigError(f"deeplabv3p: unknown deformable {deformable!r}")
-        self.backbone: MobileNetV2Backbone | ResNet50Backbone
+        self.backbone: (
+            MobileNetV2Backbone
+            | ResNet50Backbone
+            | EfficientNetB0Backbone
+            | DenseNet121Backbone
+            | GoogLeNetBackbone
+        )
+        fixed_width: dict[
+            str, type[ResNet50Backbone | EfficientNetB0Backbone | DenseNet121Backbone | GoogLeNetBackbone]
+        ] = {
+            "resnet50": ResNet50Backbone,
+            "efficientnet_b0": EfficientNetB0Backbone,
+            "densenet121": DenseNet121Backbone,
+            "googlenet": GoogLeNetBackbone,
+        }
         if backbone == "mobilenet_v2":
             self.backbone = MobileNetV2Backbone(in_channels, width, output_stride)
-        elif backbone == "resnet50":
+        elif backbone in fixed_width:
             if width != 1.0:
                 raise ConfigError(
-                    f"deeplabv3p: width applies to mobilenet_v2 only; got width={width} with resnet50"
+                    f"deeplabv3p: width applies to mobilenet_v2 only; got width={width} with {backbone}"
                 )
-            self.backbone = ResNet50Backbone(in_channels, output_stride)
+            self.backbone = fixed_width[backbone](in_channels, output_stride)
         else:
             raise ConfigError(f"deeplabv3p: unknown backbone {backbone!r}")
         c = aspp_channels
@@ -377,7 +381,7 @@ class DeepLabV3Plus(nn.Module):
         self.up_out = BilinearConvTranspose2d(num_classes, 4) if transposed else None
         if deformable is True or deformable == "backbone":
             for stage in self.backbone.last_stage():
-                make_deformable(stage)
+                make_deformable(stage, kernel_sizes=self.backbone.deformable_kernel_sizes)
         elif deformable == "aspp":
             self.aspp.make_atrous_deformable()
 
@@ -439,7 +443,7 @@ SPECS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="deeplabv3p",
-        description="DeepLabV3+, MobileNetV2 or ResNet-50 backbone, separable ASPP, stride-4 decoder",
+        description="DeepLabV3+, MobileNetV2/ResNet-50/EfficientNet-B0/DenseNet-121/GoogLeNet backbone, separable ASPP, stride-4 decoder",
         factory=build_deeplabv3p,
         options={
             "backbone": "mobilenet_v2",
@@ -451,7 +455,7 @@ SPECS: tuple[ModelSpec, ...] = (
             "deformable": False,
         },
         choices={
-            "backbone": ("mobilenet_v2", "resnet50"),
+            "backbone": ("mobilenet_v2", "resnet50", "efficientnet_b0", "densenet121", "googlenet"),
             "output_stride": (16, 8),
             "upsample": ("bilinear", "transposed"),
             "deformable": (False, True, "backbone", "aspp"),

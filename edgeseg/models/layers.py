@@ -33,6 +33,7 @@ __all__ = [
     "input_size_message",
     "make_deformable",
     "modulated_deform_conv2d_reference",
+    "replace_first_conv",
 ]
 
 
@@ -62,6 +63,24 @@ def check_spatial_size(x: torch.Tensor, name: str, multiple: int) -> None:
         return
     if height % multiple or width % multiple:
         raise ConfigError(input_size_message(name, multiple, height, width))
+
+
+def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A Kaiming-initialised copy of ``conv``'s configuration with ``in_channels`` inputs."""
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=1,
+        bias=conv.bias is not None,
+    )
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:

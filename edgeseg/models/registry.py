@@ -95,9 +95,9 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def _registry() -> dict[str, ModelSpec]:
     """The registry, filled on first use from the model modules."""
     if not _REGISTRY:
-        from edgeseg.models import deconvnet, deeplab, fcn, hypercolumn, unet
+        from edgeseg.models import deconvnet, deeplab, fcn, frrn, hypercolumn, unet
 
-        for module in (fcn, unet, deeplab, deconvnet, hypercolumn):
+        for module in (fcn, unet, deeplab, deconvnet, hypercolumn, frrn):
             for spec in module.SPECS:
                 if spec.name in _REGISTRY:
                     raise ConfigError(f"model {spec.name!r} registered twice")

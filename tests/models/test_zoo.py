@@ -71,9 +71,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("deconvnet", SMALL_FCN),
     ("hypercolumn", {**SMALL_FCN, "column_channels": 16}),
+    ("frrn", {"width": 0.125}),
+    ("frrn", {"width": 0.125, "variant": "B"}),
+    ("deeplabv3p", {"backbone": "efficientnet_b0", "aspp_channels": 32, "deformable": "backbone"}),
+    ("deeplabv3p", {"backbone": "densenet121", "aspp_channels": 32, "output_stride": 8}),
+    ("deeplabv3p", {"backbone": "googlenet", "aspp_channels": 32}),
 ]
 CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
-MODEL_NAMES = ["deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "hypercolumn", "unet"]
+MODEL_NAMES = ["deconvnet", "deeplabv3", "deeplabv3p", "fcn16s", "fcn32s", "fcn8s", "frrn", "hypercolumn", "unet"]
 
 
 @functools.cache
@@ -97,7 +102,7 @@ def _cached_model(index: int) -> nn.Module:
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn(2, 3, *_sizes(name)[0]))
+            model(torch.randn(2, 3, *_sizes(name, model)[0]))
     return model.eval()
 
 
@@ -106,17 +111,26 @@ def _case(name: str, **options: Any) -> int:
     return CASES.index((name, options))
 
 
-def _sizes(name: str) -> list[tuple[int, int]]:
+def _multiple(name: str, model: nn.Module) -> int:
+    """The model's own input multiple: the spec's, or an option's stricter one (FRRN B's 32)."""
+    return int(getattr(model, "multiple_of", get_spec(name).multiple_of))
+
+
+def _sizes(name: str, model: nn.Module) -> list[tuple[int, int]]:
     """Two different valid (H, W), one not square."""
-    m = max(get_spec(name).multiple_of, 16)
+    m = max(_multiple(name, model), 16)
     return [(2 * m, 2 * m), (3 * m, 2 * m)]
 
 
 # --------------------------------------------------------------------------- case table
 
-# ResNet-50 cases take seconds each: the full suite runs them, the fast loop the small backbones
+# ResNet-50, EfficientNet-B0, DenseNet-121 and GoogLeNet cases (full width) and FRRN B take
+# seconds each: the full suite runs them, the fast loop the small backbones and FRRN A
+_SLOW_CASES = ("resnet50", "efficientnet_b0", "densenet121", "googlenet", "variant=B")
 CASE_PARAMS = [
-    pytest.param(i, id=CASE_IDS[i], marks=pytest.mark.slow if "resnet50" in CASE_IDS[i] else ())
+    pytest.param(
+        i, id=CASE_IDS[i], marks=pytest.mark.slow if any(k in CASE_IDS[i] for k in _SLOW_CASES) else ()
+    )
     for i in range(len(CASES))
 ]
 
@@ -126,7 +140,7 @@ def test_forward_gives_logits_at_input_size(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)
     assert not model.training
-    first, second = _sizes(name)
+    first, second = _sizes(name, model)
     with torch.no_grad():
         for h, w in (first, second):
             out = model(torch.randn(1, 3, h, w))
@@ -147,7 +161,7 @@ def test_forward_gives_logits_at_input_size(index: int) -> None:
 def test_forward_rejects_invalid_sizes(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)
-    m = get_spec(name).multiple_of
+    m = _multiple(name, model)
     with pytest.raises(ConfigError) as info, torch.no_grad():
         model(torch.randn(1, 3, 2 * m + m // 2, 2 * m))
     assert str(info.value) == (
@@ -165,7 +179,7 @@ def test_in_channels_one(index: int) -> None:
     assert not model.training
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first_conv.in_channels == 1
-    h, w = _sizes(name)[0]
+    h, w = _sizes(name, model)[0]
     with torch.no_grad():
         out = model(torch.randn(1, 1, h, w))
     assert out.shape == (1, 2, h, w)
@@ -279,6 +293,8 @@ def test_wrong_option_value_is_config_error(name: str, key: str, value: Any) -> 
         ("deeplabv3p", {"aspp_channels": -1}, "aspp_channels"),
         ("deeplabv3p", {"width": -0.5}, "width"),
         ("deeplabv3p", {"backbone": "resnet50", "width": 0.5}, "width"),
+        ("deeplabv3p", {"backbone": "googlenet", "width": 0.5}, "width applies to mobilenet_v2 only"),
+        ("frrn", {"width": 0.0}, "width must be > 0"),
     ],
 )
 def test_option_ranges_and_combinations(name: str, options: dict[str, Any], needle: str) -> None:
@@ -336,6 +352,8 @@ def test_defaults_come_from_spec(name: str) -> None:
         ("deeplabv3p", "deformable", "false", False),
         ("deeplabv3p", "deformable", "backbone", "backbone"),
         ("deeplabv3p", "deformable", "aspp", "aspp"),
+        ("deeplabv3p", "backbone", "densenet121", "densenet121"),
+        ("frrn", "variant", "B", "B"),
     ],
 )
 def test_parse_option(name: str, key: str, text: str, expected: Any) -> None:
@@ -353,6 +371,7 @@ def test_parse_option(name: str, key: str, text: str, expected: Any) -> None:
         ("deeplabv3p", "output_stride", "32"),
         ("deeplabv3p", "deformable", "dcn"),
         ("deeplabv3p", "no_such_option", "1"),
+        ("frrn", "variant", "C"),
     ],
 )
 def test_parse_option_rejects(name: str, key: str, text: str) -> None:
@@ -561,7 +580,7 @@ def test_complexity_positive_and_scales(index: int) -> None:
     name, _ = CASES[index]
     model = _cached_model(index)
     device = next(model.parameters()).device
-    size = _sizes(name)[0]
+    size = _sizes(name, model)[0]
     params, gflops = complexity(model, size)
     assert params == sum(p.numel() for p in model.parameters()) > 10_000
     # at least one multiply-add per parameter of the convs at the smallest map
@@ -776,3 +795,152 @@ def test_switch_unpooling_is_max_unpool_exactly_ties_included() -> None:
         assert torch.equal(got, expected)
         y = torch.randn_like(expected)
         assert torch.equal(SwitchUnpool()(y, switches), unpool(y, indices))
+
+
+# --------------------------------------------------------------------------- FRRN
+
+
+def test_frrn_follows_the_paper() -> None:
+    """Table 1 of Pohlen et al.: FRRN A has 17.7 M parameters and B 24.8 M (ours, with a 1x1
+    merge to 48 channels the paper leaves unspecified: 17.71 M and 24.72 M); the residual stream
+    keeps 32 channels at full resolution and every FRRU adds to it."""
+    with torch.device("meta"):
+        a = create_model("frrn", num_classes=19)
+        b = create_model("frrn", num_classes=19, variant="B")
+    assert sum(p.numel() for p in a.parameters()) == pytest.approx(17.7e6, rel=0.01)
+    assert sum(p.numel() for p in b.parameters()) == pytest.approx(24.8e6, rel=0.01)
+    units = [[(u.convs[1][0].out_channels, u.scale) for u in g] for g in (*a.encoder, *a.decoder)]
+    assert units == [
+        [(96, 2)] * 3, [(192, 4)] * 4, [(384, 8)] * 2, [(384, 16)] * 2,
+        [(192, 8)] * 2, [(192, 4)] * 2, [(96, 2)] * 2,
+    ]
+    assert [g[0].scale for g in b.encoder] == [2, 4, 8, 16, 32] and b.decoder[0][0].scale == 16
+    assert a.split.out_channels == 32 and all(u.project.out_channels == 32 for g in a.encoder for u in g)
+    assert (a.multiple_of, b.multiple_of) == (16, 32)
+    model = _cached_model(_case("frrn", width=0.125))
+    y_seen = []
+    hooks = [u.register_forward_hook(lambda m, i, o: y_seen.append(o[1].shape)) for g in model.encoder for u in g]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 48, 32))
+    for hook in hooks:
+        hook.remove()
+    assert y_seen == [(1, 4, 48, 32)] * 11  # the residual stream, full resolution, after each encoder FRRU
+
+
+def test_frrn_b_refuses_multiples_of_16_only() -> None:
+    model = create_model("frrn", num_classes=2, width=0.125, variant="B")
+    with pytest.raises(ConfigError) as info, torch.no_grad():
+        model(torch.randn(1, 3, 48, 64))
+    assert str(info.value) == "frrn needs input sides that are multiples of 32; 48x64 is not (use 64x64)"
+
+
+# --------------------------------------------------------------------------- torchvision backbones
+
+
+@pytest.mark.parametrize(
+    ("mode", "kernel", "dilation", "before", "after"),
+    [("max", 3, 1, 0, 2), ("max", 2, 2, 0, 2), ("max", 3, 4, 4, 4), ("avg", 2, 1, 0, 1), ("avg", 2, 2, 0, 2)],
+)
+def test_atrous_pool_is_a_dilated_stride_1_pool(mode: str, kernel: int, dilation: int, before: int, after: int) -> None:
+    """AtrousPool2d (what TensorRT imports: Pad + MaxPool/AveragePool or slices) equals PyTorch's
+    dilated pool over the zero-padded input (the inputs it gets in the backbones are >= 0)."""
+    from edgeseg.models.backbones import AtrousPool2d
+
+    x = torch.relu(torch.randn(2, 3, 11, 14))
+    got = AtrousPool2d(mode, kernel, dilation, before, after)(x)
+    padded = F.pad(x, (before, after, before, after))
+    if mode == "max":
+        expected = F.max_pool2d(padded, kernel, stride=1, dilation=dilation)
+    else:  # a dilated mean: the mean of the dilated max-pool's taps, via unfold
+        taps = F.unfold(padded, kernel, dilation=dilation).view(2, 3, kernel * kernel, 11, 14)
+        expected = taps.mean(dim=2)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="keeps the size"):
+        AtrousPool2d(mode, kernel, dilation, before, after + 1)
+
+
+def _strided_features(name: str, reference: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if name == "densenet121":
+        return F.relu(reference.features(x))
+    for child in ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                  "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d",
+                  "inception4e", "maxpool4", "inception5a", "inception5b"):
+        x = getattr(reference, child)(x)
+    return x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name", ["densenet121", "googlenet"])
+def test_dilated_backbone_equals_the_strided_network_on_its_grid(name: str, output_stride: int) -> None:
+    """DenseNet-121 / GoogLeNet at output stride 16 or 8 compute torchvision's stride-32 features
+    exactly, at every (32 / output_stride)-th position: the "a trous" algorithm, so torchvision
+    checkpoints keep their meaning; the stride-4 features are conv3's / denseblock1's."""
+    from torchvision.models import densenet121, googlenet
+
+    from edgeseg.models.backbones import DenseNet121Backbone, GoogLeNetBackbone
+    from edgeseg.models.layers import init_weights
+
+    torch.manual_seed(0)
+    reference = densenet121(weights=None) if name == "densenet121" else googlenet(weights=None, aux_logits=False, init_weights=True)
+    init_weights(reference)  # Kaiming: GoogLeNet's own init leaves 1e-11 features at the end
+    backbone = DenseNet121Backbone(3, output_stride) if name == "densenet121" else GoogLeNetBackbone(3, output_stride)
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith(("fc.", "classifier."))}
+    assert backbone.load_state_dict(state, strict=True)
+    reference.eval(), backbone.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        low, high = backbone(x)
+        expected = _strided_features(name, reference, x)
+    assert low.shape == (1, backbone.low_channels, 16, 24)
+    assert high.shape == (1, backbone.high_channels, 64 // output_stride, 96 // output_stride)
+    step = 32 // output_stride
+    scale = float(expected.abs().max())
+    assert scale > 1e-3
+    torch.testing.assert_close(high[..., ::step, ::step], expected, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("output_stride", [pytest.param(16, marks=pytest.mark.slow), 8])
+def test_efficientnet_backbone_dilation_and_deformable_placement(output_stride: int) -> None:
+    """EfficientNet-B0: the stage that would pass the output stride keeps stride 1, its first
+    depthwise conv the previous dilation, later ones dilated; deformable="backbone" turns the 5x5
+    (stage 6) and 3x3 (stage 7) depthwise convs after stride 16 into DCNv2."""
+    with torch.device("meta"):
+        model = create_model("deeplabv3p", num_classes=2, backbone="efficientnet_b0", output_stride=output_stride)
+        deform = create_model(
+            "deeplabv3p", num_classes=2, backbone="efficientnet_b0", output_stride=output_stride, deformable=True
+        )
+        low, high = model.backbone(torch.empty(1, 3, 64, 96))
+    assert low.shape == (1, 24, 16, 24) and high.shape == (1, 320, 64 // output_stride, 96 // output_stride)
+    depthwise = [
+        (int(name.split(".")[1]), m.stride[0], m.dilation[0], m.padding[0], m.kernel_size[0])
+        for name, m in model.backbone.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == m.in_channels and m.kernel_size[0] > 1
+    ]
+    first_of = {stage: next(d for d in depthwise if d[0] == stage) for stage in range(1, 8)}
+    assert all(p == d * (k - 1) // 2 for _, _, d, p, k in depthwise)
+    if output_stride == 16:
+        assert [first_of[s][1:3] for s in (4, 6, 7)] == [(2, 1), (1, 1), (1, 2)]
+    else:
+        assert [first_of[s][1:3] for s in (3, 4, 5, 6, 7)] == [(2, 1), (1, 1), (1, 2), (1, 2), (1, 4)]
+    dcn = {n: m.kernel_size[0] for n, m in deform.named_modules() if isinstance(m, ModulatedDeformConv2d)}
+    assert set(dcn.values()) == {3, 5}
+    assert all(n.startswith(("backbone.features.6.", "backbone.features.7.")) for n in dcn)
+
+
+@pytest.mark.slow
+def test_torchvision_backbone_keys_load() -> None:
+    """The three backbones' keys are torchvision's under ``backbone.``."""
+    from torchvision.models import densenet121, efficientnet_b0, googlenet
+
+    with torch.device("meta"):
+        references = {
+            "efficientnet_b0": {f"features.{k}" for k in efficientnet_b0(weights=None).features.state_dict() if not k.startswith("8.")},
+            "densenet121": {f"features.{k}" for k in densenet121(weights=None).features.state_dict()},
+            "googlenet": {k for k in googlenet(weights=None, aux_logits=False, init_weights=False).state_dict() if not k.startswith("fc.")},
+        }
+        for name, keys in references.items():
+            model = create_model("deeplabv3p", num_classes=2, backbone=name)
+            ours = {k.removeprefix("backbone.") for k in model.state_dict() if k.startswith("backbone.")}
+            assert ours == keys, name

@@ -40,6 +40,11 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, int]]] = [
     ("deeplabv3p", {"backbone": "resnet50", "aspp_channels": 32}, (64, 64)),
     ("deconvnet", {"width": 0.125, "fc_channels": 64}, (64, 96)),
     ("hypercolumn", {"width": 0.125, "fc_channels": 64, "column_channels": 16}, (64, 96)),
+    ("frrn", {"width": 0.125}, (64, 96)),
+    ("frrn", {"width": 0.125, "variant": "B"}, (64, 96)),
+    ("deeplabv3p", {"backbone": "efficientnet_b0", "aspp_channels": 32}, (64, 64)),
+    ("deeplabv3p", {"backbone": "densenet121", "aspp_channels": 32}, (64, 64)),
+    ("deeplabv3p", {"backbone": "googlenet", "aspp_channels": 32}, (64, 64)),
 ]
 
 
@@ -117,7 +122,10 @@ def test_export_matches_pytorch(
         outputs=("mask", "logits"),
     )
     parity = bundle.manifest.parity
-    assert parity.max_abs_error <= 1e-4, parity
+    # 1e-4, or 2e-5 of the largest logit where logits are large: FRRN's residual stream is never
+    # normalised, its logits reach ~25 at init, and there PyTorch's own float32 differs from
+    # float64 by 1.8e-4 (7e-6 of the logit), so ONNX Runtime's float32 cannot be held closer
+    assert parity.max_abs_error <= max(1e-4, 2e-5 * (parity.max_abs_logit or 0.0)), parity
     assert parity.agreement >= 0.9999, parity
     ops = {n.op_type for n in onnx.load(bundle.graph()).graph.node}
     if options.get("deformable"):
