@@ -24,9 +24,12 @@ The paper's Table 1, which the defaults follow:
 
 A residual unit is conv3x3-BN-ReLU-conv3x3-BN plus the identity. ``width``
 scales every channel count (tests use small widths). The registry's
-``multiple_of`` is variant A's 16; variant B refuses sides that are not
-multiples of 32 in its forward, and a dynamic graph of variant B needs
-``multiple_of=32`` given to ``build``.
+``multiple_of`` is variant A's 16 (a spec has one multiple for all its
+options); variant B refuses sides that are not multiples of 32 in its forward,
+so a static build at such a size fails, and a dynamic graph of variant B needs
+``multiple_of=32`` given to ``build``: with the zoo's 16 it is built, but a
+frame that pads to an odd multiple of 16 fails in the runtime (the /32 FRRUs'
+upsampled projections no longer match the residual stream).
 """
 
 from __future__ import annotations
