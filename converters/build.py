@@ -526,16 +526,22 @@ def resolve_model(model: str | nn.Module, options: ModelOptions) -> ResolvedMode
         spec = zoo.get_spec(model)
         if size is None:
             size = (int(spec.default_input_size[0]), int(spec.default_input_size[1]))
-        zoo.check_input_size(spec, size)
+        opts = dict(options.options or {})
+        zoo.check_input_size(spec, size, opts)
         if classes is None and num_classes is None:
             num_classes = DEFAULT_NUM_CLASSES
             log.info("no classes given: %s gets %d classes", model, num_classes)
         names = class_names(classes, num_classes)
-        opts = dict(options.options or {})
         module = zoo.create_model(model, num_classes=len(names), in_channels=channels, **opts)
         resolved_opts = {**spec.options, **opts}
         info: dict[str, Any] = {"name": spec.name, "source": "zoo", "options": _jsonable(resolved_opts)}
-        step = spec.multiple_of if multiple_of is None else multiple_of
+        needed = spec.multiple_for(resolved_opts)
+        if multiple_of is not None and options.dynamic and multiple_of % needed:
+            raise ConfigError(
+                f"multiple_of={multiple_of}: {spec.name} with these options needs sides that are "
+                f"multiples of {needed}; give a multiple of {needed} or leave multiple_of out"
+            )
+        step = needed if multiple_of is None else multiple_of
     elif isinstance(model, nn.Module):
         if options.options:
             raise ConfigError("options are for zoo models; configure your own module before build()")

@@ -24,12 +24,11 @@ The paper's Table 1, which the defaults follow:
 
 A residual unit is conv3x3-BN-ReLU-conv3x3-BN plus the identity. ``width``
 scales every channel count (tests use small widths). The registry's
-``multiple_of`` is variant A's 16 (a spec has one multiple for all its
-options); variant B refuses sides that are not multiples of 32 in its forward,
-so a static build at such a size fails, and a dynamic graph of variant B needs
-``multiple_of=32`` given to ``build``: with the zoo's 16 it is built, but a
-frame that pads to an odd multiple of 16 fails in the runtime (the /32 FRRUs'
-upsampled projections no longer match the residual stream).
+``multiple_of`` is variant A's 16 and ``multiple_by_option`` raises it to 32
+for variant B, so ``build`` checks the size and pads a dynamic graph's frames
+to multiples of 32 (with 16, a frame that padded to an odd multiple of 16 would
+fail in the runtime: the /32 FRRUs' upsampled projections would no longer
+match the residual stream).
 """
 
 from __future__ import annotations
@@ -185,5 +184,6 @@ SPECS: tuple[ModelSpec, ...] = (
         choices={"variant": ("A", "B")},
         multiple_of=MULTIPLE_OF["A"],
         default_input_size=(512, 512),
+        multiple_by_option={"variant": MULTIPLE_OF},
     ),
 )

@@ -10,6 +10,7 @@ model's factory.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class ModelSpec:
         choices: Option name -> allowed values, for enumerated options.
         multiple_of: Input height and width must be multiples of this.
         default_input_size: ``(height, width)`` used when none is given.
+        multiple_by_option: Option name -> {value: multiple} for options whose
+            value needs a larger multiple (FRRN-B's /32 stream); see :meth:`multiple_for`.
     """
 
     name: str
@@ -58,6 +61,15 @@ class ModelSpec:
     choices: Mapping[str, tuple] = field(hash=False)
     multiple_of: int
     default_input_size: tuple[int, int]
+    multiple_by_option: Mapping[str, Mapping[Any, int]] = field(default_factory=dict, hash=False)
+
+    def multiple_for(self, options: Mapping[str, Any] | None = None) -> int:
+        """The multiple input sides need with these options (defaults filled in)."""
+        multiple = self.multiple_of
+        for key, table in self.multiple_by_option.items():
+            value = (options or {}).get(key, self.options[key])
+            multiple = math.lcm(multiple, int(table.get(value, self.multiple_of)))
+        return multiple
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -278,13 +290,15 @@ def parse_option(name: str, spec: ModelSpec, text: str) -> Any:
     return _validate_option(spec, name, value)
 
 
-def check_input_size(spec_or_name: ModelSpec | str, size: tuple[int, int]) -> None:
-    """Check that ``size = (height, width)`` suits the model.
+def check_input_size(
+    spec_or_name: ModelSpec | str, size: tuple[int, int], options: Mapping[str, Any] | None = None
+) -> None:
+    """Check that ``size = (height, width)`` suits the model (with these options).
 
     Raises:
         UnknownModelError: ``spec_or_name`` is an unknown name.
         ConfigError: A side is not a positive int or not a multiple of
-            ``spec.multiple_of``; the message suggests the padded size.
+            ``spec.multiple_for(options)``; the message suggests the padded size.
     """
     spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name)
     try:
@@ -296,7 +310,7 @@ def check_input_size(spec_or_name: ModelSpec | str, size: tuple[int, int]) -> No
             raise ConfigError(
                 f"{spec.name}: input sides must be positive ints, got {height!r}x{width!r}"
             )
-    m = spec.multiple_of
+    m = spec.multiple_for(options)
     if height % m or width % m:
         from edgeseg.models.layers import input_size_message
 

@@ -834,6 +834,26 @@ def test_frrn_b_refuses_multiples_of_16_only() -> None:
     assert str(info.value) == "frrn needs input sides that are multiples of 32; 48x64 is not (use 64x64)"
 
 
+def test_frrn_b_needs_multiples_of_32_from_the_registry_and_build(tmp_path: Path) -> None:
+    """The spec's multiple follows the variant, so build checks sizes and pads dynamic frames to 32."""
+    import edgeseg
+
+    spec = get_spec("frrn")
+    assert spec.multiple_for() == 16 and spec.multiple_for({"variant": "A"}) == 16
+    assert spec.multiple_for({"variant": "B"}) == 32
+    check_input_size(spec, (48, 64), {"variant": "A"})
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        check_input_size(spec, (48, 64), {"variant": "B"})
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        edgeseg.build("frrn", tmp_path / "b48.edgeseg", options={"variant": "B", "width": 0.125},
+                      input_size=(48, 64), target="cpu")
+    with pytest.raises(ConfigError, match="multiple_of=16: frrn with these options needs sides that are "
+                                          "multiples of 32"):
+        edgeseg.build("frrn", tmp_path / "dyn.edgeseg", options={"variant": "B", "width": 0.125},
+                      input_size=(64, 64), dynamic=True, multiple_of=16, target="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- torchvision backbones
 
 
