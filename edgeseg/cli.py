@@ -208,6 +208,10 @@ def check_model_name(name: str) -> None:
         raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(sorted(ZOO_MODELS))}")
 
 
+# Options that change a zoo model's architecture: `edgeseg models` gives a row to each of their choices.
+_ARCHITECTURE_OPTIONS = ("backbone", "variant")
+
+
 @cli.command("models")
 @click.option("--input-size", "input_size", default="512x512", show_default=True, callback=_size_callback,
               help="HxW at which GFLOPs are counted.")
@@ -220,35 +224,47 @@ def models_cmd(input_size: tuple[int, int], as_json: bool) -> None:
 
     rows: list[dict[str, Any]] = []
     for spec in zoo.list_models():
-        with torch.device("meta"):  # shapes only: no memory, no weight init work
-            module = zoo.create_model(spec.name, num_classes=21)
-        size = input_size
-        try:
-            zoo.check_input_size(spec, size)
-        except ConfigError:
-            size = tuple(-(-s // spec.multiple_of) * spec.multiple_of for s in input_size)  # type: ignore[assignment]
-        params, gflops = zoo.complexity(module, size)
-        rows.append(
-            {
-                "name": spec.name,
-                "description": spec.description,
-                "options": {k: v for k, v in spec.options.items()},
-                "choices": {k: list(v) for k, v in spec.choices.items()},
-                "multiple_of": spec.multiple_of,
-                "params": params,
-                "gflops": gflops,
-                "input_size": list(size),
-            }
-        )
+        # the defaults, then each other choice of the architecture's options (backbone, variant)
+        variants: list[dict[str, Any]] = [{}] + [
+            {key: value}
+            for key in _ARCHITECTURE_OPTIONS if key in spec.choices
+            for value in spec.choices[key] if value != spec.options[key]
+        ]
+        for variant in variants:
+            with torch.device("meta"):  # shapes only: no memory, no weight init work
+                module = zoo.create_model(spec.name, num_classes=21, **variant)
+            size = input_size
+            multiple = spec.multiple_for(variant)
+            try:
+                zoo.check_input_size(spec, size, variant)
+            except ConfigError:
+                size = tuple(-(-s // multiple) * multiple for s in input_size)  # type: ignore[assignment]
+            params, gflops = zoo.complexity(module, size)
+            rows.append(
+                {
+                    "name": spec.name,
+                    "variant": ", ".join(f"{k}={v}" for k, v in variant.items()) or None,
+                    "description": spec.description,
+                    "options": {**spec.options, **variant},
+                    "choices": {k: list(v) for k, v in spec.choices.items()},
+                    "multiple_of": multiple,
+                    "params": params,
+                    "gflops": gflops,
+                    "input_size": list(size),
+                }
+            )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"{'model':<12} {'params':>9} {'GFLOPs':>9}  {'size':>9}  options (defaults)")
-    for r in rows:
-        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+    for i, r in enumerate(rows):
         shown = "x".join(str(s) for s in r["input_size"])
-        click.echo(f"{r['name']:<12} {r['params'] / 1e6:>8.2f}M {r['gflops']:>9.2f}  {shown:>9}  {opts}")
-        click.echo(f"{'':<12} {r['description']}")
+        default = r["variant"] is None
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) if default else r["variant"]
+        name = r["name"] if default else ""
+        click.echo(f"{name:<12} {r['params'] / 1e6:>8.2f}M {r['gflops']:>9.2f}  {shown:>9}  {opts}")
+        if i + 1 == len(rows) or rows[i + 1]["variant"] is None:  # the model's last row
+            click.echo(f"{'':<12} {r['description']}")
     click.echo("GFLOPs for 21 classes, one RGB frame; deformable convs count as their plain convs.")
 
 

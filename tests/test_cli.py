@@ -117,12 +117,21 @@ def test_run_single_image_and_video(cli_bundle: Path, frames: Path, tmp_path: Pa
 def test_models_lists_every_model() -> None:
     proc = edgeseg_cli("models", "--json", "--input-size", "256x256")
     assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    every = json.loads(proc.stdout)
+    rows = {r["name"]: r for r in every if r["variant"] is None}
     assert {"fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3", "deeplabv3p"} <= set(rows)
-    assert all(r["params"] > 0 and r["gflops"] > 0 for r in rows.values())
+    assert all(r["params"] > 0 and r["gflops"] > 0 for r in every)
     assert rows["deeplabv3p"]["options"]["backbone"] == "mobilenet_v2"
+    # each other backbone and variant gets a row of its own, with its own figures and multiple
+    variants = {(r["name"], r["variant"]): r for r in every if r["variant"] is not None}
+    for backbone in ("resnet50", "efficientnet_b0", "densenet121", "googlenet"):
+        row = variants["deeplabv3p", f"backbone={backbone}"]
+        assert row["options"]["backbone"] == backbone and row["gflops"] != rows["deeplabv3p"]["gflops"]
+    assert ("deeplabv3", "backbone=mobilenet_v3_large") in variants
+    assert variants["frrn", "variant=B"]["multiple_of"] == 32 and rows["frrn"]["multiple_of"] == 16
     table = edgeseg_cli("models")
     assert table.returncode == 0 and "deeplabv3p" in table.stdout and "GFLOPs" in table.stdout
+    assert "backbone=googlenet" in table.stdout and "variant=B" in table.stdout
 
 
 ONE_LINE_ERRORS = [
