@@ -32,8 +32,8 @@ Prints a table to stderr and one JSON document to stdout.
 backbone its ``backbone`` option offers, FP32 vs INT8 (cpu placement; ``--tensorrt``
 adds the tensorrt placement, which ONNX Runtime runs 2-4x slower than FP32). Each is
 built with random weights (``torch.manual_seed(0)``) at ``--size`` x ``--size``
-(default 256: the whole zoo runs in about 15 minutes on 2 cores, against hours at the
-models' default 512), calibrated (minmax) on ``--calib-size`` camvid/train frames,
+(default 256: the 14 models of the zoo took 20 minutes on 2 shared cores; the models'
+default 512 has 4x the pixels), calibrated (minmax) on ``--calib-size`` camvid/train frames,
 and timed alternately frame by frame in one process on camvid/val frames, as above.
 Per model: FP32 and INT8 median ms, their ratio, INT8's share of the FLOPs, the
 compute nodes left in float and the INT8 masks' agreement with FP32's (on random
