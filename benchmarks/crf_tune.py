@@ -1,7 +1,7 @@
 """Both CRFs tuned the same way on real logits (CamVid val), scored on frames not used for tuning.
 
     python benchmarks/crf_tune.py [--data ../shared/data] [--weights .bench/deeplabv3p_camvid.pth]
-                                  [--budget 24] [--tune-every 3] [--json out.json]
+                                  [--budget 24] [--tune-every 3] [--dilation 1] [--json out.json]
 
 1. Logits: the DeepLabV3+ checkpoint of benchmarks/train_camvid.py, run in
    PyTorch at 352x480 (its side must be a multiple of 16), resized
@@ -25,7 +25,9 @@
    the window, so a wider window at the same weight is a stronger CRF). The
    variant that refits best on the tuning frames is then tuned again in all
    five settings (``--budget``).
-``--tuned earlier.json`` reuses an earlier run's tuned settings (same split).
+``--dilation N`` spaces edgeseg's window offsets N coarse pixels apart (kept fixed by the search).
+``--tuned earlier.json`` reuses an earlier run's tuned settings (same split; edgeseg's are tuned
+again when the earlier run's dilation differs).
 Targets (issue 14): edgeseg's tuned gain >= pydensecrf2's tuned gain, at least 10x faster.
 JSON on stdout, a table on stderr.
 """
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CRF evaluations refitting the bilateral weight and colour width of each ablation")
     parser.add_argument("--tuned", type=Path, default=None,
                         help="reuse the tuned settings of an earlier run's --json (same split) instead of tuning")
+    parser.add_argument("--dilation", type=int, default=1,
+                        help="edgeseg's window offsets this many coarse pixels apart (fixed, like window)")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return images[idx], logits[idx], labels[idx]
 
     deeplab = CRFParams()  # DeepLab v2's kernel settings, 5 iterations, window 5, downsample 4
+    ours_start = dataclasses.replace(deeplab, dilation=args.dilation)  # pydensecrf2 has no window to dilate
     t_images, t_logits, t_labels = subset(tune_idx)
     tuning_model_miou = 100 * miou_of(list(t_logits.argmax(axis=1)), list(t_labels), NUM_CLASSES, VOID)
     tuned: dict[str, Any] = {}
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.tuned} was tuned on other frames", file=sys.stderr)
             return 2
         tuned = {k: CRFParams(**v) for k, v in earlier["tuned"].items()}
+        if tuned["edgeseg"].dilation != args.dilation:
+            del tuned["edgeseg"]  # tuned again below, at --dilation; pydensecrf2's are reused
         search = earlier["search"] | {"reused_from": str(args.tuned)}
         log(f"tuned settings of {args.tuned}")
     for name in ("edgeseg", "pydensecrf2"):
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         def say(message: str, n: str = name) -> None:
             log(f"  {n} {message}")
 
-        found = search_params(scorer, deeplab, budget=args.budget, say=say)
+        found = search_params(scorer, ours_start if name == "edgeseg" else deeplab, budget=args.budget, say=say)
         seconds = time.perf_counter() - t0
         log(f"  {name}: tuning mIoU {100 * found.start_score:.2f} -> {100 * found.score:.2f} "
             f"({found.evaluations} evaluations, {seconds:.0f}s): {found.best.to_json()}")
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     log("scoring on the held-out frames")
     scores = {
         "model": model_miou,
-        "edgeseg_deeplab": ours(deeplab),
+        "edgeseg_deeplab": ours(ours_start),
         "edgeseg_tuned": ours(tuned["edgeseg"]),
         "pydensecrf2_deeplab": theirs(deeplab),
         "pydensecrf2_tuned": theirs(tuned["pydensecrf2"]),
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = ours._tmp
     backends = []
     runners: dict[str, Any] = {}
-    for key, params in (("edgeseg_deeplab", deeplab), ("edgeseg_tuned", tuned["edgeseg"])):
+    for key, params in (("edgeseg_deeplab", ours_start), ("edgeseg_tuned", tuned["edgeseg"])):
         backend, run = ort_runner(params, tmp / f"{key}.onnx")
         backends.append(backend)
         runners[key] = run

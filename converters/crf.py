@@ -3,14 +3,17 @@
 Krähenbühl & Koltun's fully connected CRF with a Gaussian (position) kernel
 and a bilateral (position + colour) kernel and Potts compatibility, with the
 messages restricted to a local ``window`` (Teichmann & Cipolla's ConvCRF) and
-optionally computed on a ``downsample``-times smaller grid. Written as plain
+optionally computed on a ``downsample``-times smaller grid. With ``dilation``
+s the window's offsets are s pixels of that grid apart (``window`` x ``window``
+of them still), so it reaches s times further at the same cost; the kernel
+uses their real distance. Written as plain
 ONNX (Conv, Mul, Exp, ReduceSum, Softmax, Resize), so the same graph runs in
 ONNX Runtime on a CPU and in TensorRT on a GPU.
 
 The mean field, for unary logits ``L`` (C, H, W) and image ``I``:
 
     Q0 = softmax(L)
-    m_t(i, l) = sum_{o in window, o != 0} k(i, i + o) * Q_{t-1}(i + o, l)
+    m_t(i, l) = sum_{o in window, o != 0} k(i, i + o) * Q_{t-1}(i + o, l)   # o: multiples of dilation
     Q_t = softmax(L + m_t)            # Potts: sum_l' [l != l'] m(l') = M - m(l); M cancels
 
     k(i, j) = w_bilateral * exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)
@@ -84,8 +87,8 @@ def crf_reference(image: np.ndarray, logits: np.ndarray, params: CRFParams) -> n
     # kernel weights per offset and pixel; neighbours past the border weigh 0
     weights = np.zeros((len(spatial), lh, lw))
     for k, (dy, dx) in enumerate(params.offsets()):
-        if spatial[k] == 0 and gauss[k] == 0:
-            continue
+        if (spatial[k] == 0 and gauss[k] == 0) or abs(dy) >= lh or abs(dx) >= lw:
+            continue  # the centre, or an offset past the whole grid: weighs 0
         ys, xs = slice(max(0, -dy), lh - max(0, dy)), slice(max(0, -dx), lw - max(0, dx))
         yn, xn = slice(max(0, dy), lh - max(0, -dy)), slice(max(0, dx), lw - max(0, -dx))
         diff2 = ((low_img[:, ys, xs] - low_img[:, yn, xn]) ** 2).sum(axis=0)
@@ -95,6 +98,8 @@ def crf_reference(image: np.ndarray, logits: np.ndarray, params: CRFParams) -> n
     for _ in range(params.iterations):
         messages = np.zeros_like(low)
         for k, (dy, dx) in enumerate(params.offsets()):
+            if abs(dy) >= lh or abs(dx) >= lw:
+                continue
             ys, xs = slice(max(0, -dy), lh - max(0, dy)), slice(max(0, -dx), lw - max(0, dx))
             yn, xn = slice(max(0, dy), lh - max(0, -dy)), slice(max(0, dx), lw - max(0, -dx))
             messages[:, ys, xs] += weights[k, ys, xs] * q[:, yn, xn]
@@ -120,7 +125,7 @@ def crf_graph(
     Raises:
         ConfigError: the size is not a multiple of ``downsample``.
     """
-    d, r = params.downsample, params.window // 2
+    d, r = params.downsample, params.window // 2 * params.dilation  # r: the reach, coarse pixels
     if height % d or width % d:
         raise ConfigError(f"crf input {height}x{width} is not a multiple of downsample {d}")
     lh, lw = height // d, width // d

@@ -414,7 +414,7 @@ _AGREEMENT = DEFAULT_MIN_AGREEMENT
               show_default=True, help="Add the dense CRF: its own graph (switchable at run time) or fused.")
 @click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
               help="CRF setting, repeatable: iterations, window, downsample, w_bilateral, theta_alpha, "
-                   "theta_beta, w_gaussian, theta_gamma.")
+                   "theta_beta, w_gaussian, theta_gamma, dilation.")
 @click.option("--target", type=click.Choice(TARGETS), default=_BUILD.target, show_default=True,
               help="tensorrt: also build a TensorRT engine for this GPU; cpu: ONNX graphs only; auto: "
                    "an engine when this machine has a GPU and TensorRT.")
@@ -638,7 +638,7 @@ def _crf_settings(items: tuple[str, ...]) -> dict[str, float | int]:
         try:
             if not sep:
                 raise ValueError(item)
-            settings[key] = int(value) if key in ("iterations", "window", "downsample") else float(value)
+            settings[key] = int(value) if key in ("iterations", "window", "downsample", "dilation") else float(value)
         except ValueError as err:
             raise ConfigError(f"--crf-param {item!r} is not KEY=NUMBER") from err
     return settings

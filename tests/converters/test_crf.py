@@ -29,8 +29,13 @@ def _run(params: CRFParams, image: np.ndarray, logits: np.ndarray) -> tuple[np.n
         CRFParams(),  # the defaults: 5 iterations, window 5, downsample 4
         CRFParams(iterations=4, window=7, downsample=4, w_bilateral=10.0, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0),
         CRFParams(iterations=0),
+        CRFParams(window=5, downsample=4, dilation=2, theta_alpha=20.0, theta_gamma=6.0),
+        CRFParams(iterations=3, window=3, downsample=2, dilation=3, w_bilateral=10.0, theta_beta=13.0),
+        # reaches 3 * 3 = 9 coarse pixels on a 6x8 grid: offsets past the border and past the whole grid
+        CRFParams(iterations=2, window=7, downsample=4, dilation=3, w_bilateral=10.0, theta_alpha=40.0),
     ],
-    ids=["w3-d1", "w5-d2-nogauss", "defaults", "convcrf-w7-d4", "no-iterations"],
+    ids=["w3-d1", "w5-d2-nogauss", "defaults", "convcrf-w7-d4", "no-iterations", "w5-d4-dil2", "w3-d2-dil3",
+         "w7-d4-dil3-past-the-grid"],
 )
 def test_graph_matches_numpy_reference(params: CRFParams) -> None:
     rng = np.random.default_rng(0)
@@ -81,11 +86,56 @@ def test_mean_field_removes_label_noise_inside_flat_regions() -> None:
         ({"downsample": 0}, "downsample must be an integer >= 1"),
         ({"theta_beta": 0.0}, "theta_beta must be > 0"),
         ({"w_bilateral": -1.0}, "w_bilateral must be >= 0"),
+        ({"dilation": 0}, "dilation must be an integer >= 1, got 0"),
+        ({"dilation": 1.5}, "dilation must be an integer >= 1, got 1.5"),
+        ({"dilation": True}, "dilation must be an integer >= 1, got True"),
     ],
 )
 def test_bad_settings(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         CRFParams(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"window": 7, "downsample": 2, "iterations": 3}])
+def test_dilation_1_is_the_undilated_crf(kwargs: dict[str, int]) -> None:
+    """dilation 1 (the default) builds byte for byte the graph built without the field, and the
+    manifest and the params' JSON leave it out, so bundles written before it stay as they were."""
+    from edgeseg.manifest import decode, encode
+
+    plain = CRFParams(**kwargs)
+    explicit = CRFParams(**kwargs, dilation=1)
+    assert plain == explicit
+    r = plain.window // 2  # the window as it was before the field: offsets one coarse pixel apart
+    assert plain.offsets() == [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    a = crf_graph(plain, 4, height=24, width=32).SerializeToString()
+    b = crf_graph(explicit, 4, height=24, width=32).SerializeToString()
+    assert a == b
+    assert "dilation" not in plain.to_json() and "dilation" not in encode(plain)
+    assert decode(CRFParams, encode(plain), "crf.params") == plain
+    dilated = CRFParams(**kwargs, dilation=2)
+    assert encode(dilated)["dilation"] == 2 and dilated.to_json()["dilation"] == 2
+    assert decode(CRFParams, encode(dilated), "crf.params") == dilated
+    assert crf_graph(dilated, 4, height=24, width=32).SerializeToString() != a
+
+
+def test_dilation_spaces_the_offsets() -> None:
+    params = CRFParams(window=5, downsample=4, dilation=2)
+    offsets = params.offsets()
+    assert len(offsets) == 25 and max(dy for dy, _ in offsets) == 4  # +-4 coarse pixels = +-16 px
+    spatial, gauss = params.offset_constants()
+    undilated_spatial, _ = CRFParams(window=5, downsample=4).offset_constants()
+    i = offsets.index((0, 2))  # two coarse pixels = 8 px: the undilated window's (0, 2)
+    assert spatial[i] == pytest.approx(undilated_spatial[CRFParams().offsets().index((0, 2))])
+
+
+def test_crf_param_dilation_parses_as_an_integer() -> None:
+    from edgeseg.cli import _crf_settings
+
+    assert _crf_settings(("dilation=2", "window=5")) == {"dilation": 2, "window": 5}
+    with pytest.raises(ConfigError, match="--crf-param 'dilation=1.5' is not KEY=NUMBER"):
+        _crf_settings(("dilation=1.5",))
+    with pytest.raises(ConfigError, match="dilation must be an integer >= 1, got 0"):
+        CRFParams(**_crf_settings(("dilation=0",)))  # type: ignore[arg-type]
 
 
 def test_size_must_fit_the_downsample() -> None:
