@@ -14,8 +14,8 @@ in log space, from the current settings:
   by a factor (first 2); a move that raises the score is kept and repeated in
   the same direction; when a whole round over the settings finds nothing,
   the factor shrinks to its square root, down to :data:`MIN_FACTOR` (1.19);
-- ``iterations``, ``window`` and ``downsample`` are never moved: they set the
-  CRF's cost, so a tuned CRF costs exactly what the untuned one did
+- ``iterations``, ``window``, ``dilation`` and ``downsample`` are never moved: they set
+  the CRF's cost and reach, so a tuned CRF costs exactly what the untuned one did
   (``benchmarks/crf_tune.py`` measures what changing them gains and costs);
 - at most ``budget`` evaluations (:data:`DEFAULT_BUDGET`, 40), the start
   included; an evaluation is one CRF run over every tuning frame, so the work

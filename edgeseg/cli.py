@@ -719,8 +719,8 @@ def crf_tune_cmd(bundle: Path, images: Path, labels: Path, label_format: str, ig
     """Tune a bundle's CRF kernel weights and widths on labelled frames and write them in.
 
     A bounded coordinate search from the current settings over w_bilateral, theta_alpha,
-    theta_beta, w_gaussian and theta_gamma; iterations, window and downsample (the CRF's
-    cost) stay as built.
+    theta_beta, w_gaussian and theta_gamma; iterations, window, dilation and downsample
+    (the CRF's cost and reach) stay as built.
     """
     _check_input(images, "--images")
     _check_input(labels, "--labels")
