@@ -112,7 +112,24 @@ def _dilate_conv(conv: nn.Conv2d, dilation: int) -> None:
     conv.padding = (dilation * (k - 1) // 2, dilation * (k - 1) // 2)
 
 
-class EfficientNetB0Backbone(nn.Module):
+class IndexedFeatures(nn.Module):
+    """A backbone whose ``features`` is a sequence of blocks; the low-level features are
+    the output of block ``low_index`` (stride 4), the high-level ones the last block's."""
+
+    features: nn.Sequential
+    low_index: int
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stride-4 low-level features and the high-level features."""
+        low = x
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i == self.low_index:
+                low = x
+        return low, x
+
+
+class EfficientNetB0Backbone(IndexedFeatures):
     """torchvision EfficientNet-B0 features (without the final 1x1 to 1280) at output stride 16 or 8.
 
     Stage past the target stride: the stride-2 depthwise convolution gets
@@ -154,15 +171,6 @@ class EfficientNetB0Backbone(nn.Module):
                     current_stride *= stride
                 depthwise.stride = (stride, stride)
                 _dilate_conv(depthwise, block_dilation)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stride-4 low-level features and the high-level features."""
-        low = x
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i == self.low_index:
-                low = x
-        return low, x
 
     def last_stage(self) -> list[nn.Module]:
         """The stages after stride 16 (``features[6:8]``)."""

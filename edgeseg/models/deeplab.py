@@ -26,7 +26,12 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
 from edgeseg.errors import ConfigError
-from edgeseg.models.backbones import DenseNet121Backbone, EfficientNetB0Backbone, GoogLeNetBackbone
+from edgeseg.models.backbones import (
+    DenseNet121Backbone,
+    EfficientNetB0Backbone,
+    GoogLeNetBackbone,
+    IndexedFeatures,
+)
 from edgeseg.models.layers import (
     BilinearConvTranspose2d,
     ConvBNReLU,
@@ -127,7 +132,7 @@ def build_deeplabv3(
 # --------------------------------------------------------------------------- deeplabv3+
 
 
-class MobileNetV2Backbone(nn.Module):
+class MobileNetV2Backbone(IndexedFeatures):
     """MobileNetV2 features (without the final 1x1 to 1280) at output stride 16 or 8.
 
     Blocks past the target stride get stride 1 and their depthwise 3x3 convs
@@ -182,15 +187,6 @@ class MobileNetV2Backbone(nn.Module):
             depthwise.dilation = (block_dilation, block_dilation)
             depthwise.padding = (block_dilation, block_dilation)
             block.stride = stride
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stride-4 low-level features and the high-level features."""
-        low = x
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i == self.low_index:
-                low = x
-        return low, x
 
     def last_stage(self) -> list[nn.Module]:
         """The blocks after stride 16 (``features[14:18]``)."""
