@@ -566,10 +566,12 @@ def test_a_test_running_past_the_limit_is_interrupted_and_the_report_kept(
     # as under nohup or a background CI job: SIGINT ignored here, and so in children by default
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report = selftest.run_selftest(tmp_path / "out", kernels=False, tests_dir=tests, timeout_s=1)
+        # 15 s: long enough for the stand-in suite's collection on a loaded machine (with 1 s, CI on
+        # 2 busy cores interrupted pytest while it was still collecting, before any test ran)
+        report = selftest.run_selftest(tmp_path / "out", kernels=False, tests_dir=tests, timeout_s=15)
     finally:
         signal.signal(signal.SIGINT, previous)
-    # interrupted after 1 s + the 1 s grace, not killed INTERRUPT_GRACE_S later (without the
+    # interrupted after 15 s + the 1 s grace, not killed INTERRUPT_GRACE_S later (without the
     # interrupt the suite would report nothing)
     assert report.suite.get("ended", "").startswith("stopped after"), report.suite
     assert "ended without its report" not in _claim(report.claims, "runtime-overhead").reason
